@@ -1,0 +1,240 @@
+"""The command line: parses options, runs inspect -> plan -> execute -> verify, and speaks to the user.
+
+Library code raises SurgeryError; only this module prints, and it maps errors to exit codes (errors.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from surgery import __version__
+from surgery.checkpoint import Checkpoint
+from surgery.errors import InputError, SurgeryError
+from surgery.execute import apply_plan
+from surgery.keep import KeepList
+from surgery.plan import plan_trim
+from surgery.tokenizer_files import TokenizerFiles
+from surgery.verify import verify
+from surgery.vocab_tensors import find_vocab_tensors
+
+LOG = logging.getLogger("surgery")
+PARTIAL = ".partial-"
+
+
+class UserFacingError(click.ClickException):
+    """A SurgeryError as click shows it: `Error: ...` and an optional `Hint: ...` on stderr."""
+
+    def __init__(self, message: str, hint: str | None, exit_code: int) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        file = file or sys.stderr
+        click.echo(f"Error: {self.format_message()}", file=file)
+        if self.hint:
+            click.echo(f"Hint: {self.hint}", file=file)
+
+
+def speaks_errors(command):
+    """Turn library errors into one clear line (no traceback unless --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, debug: bool = False, quiet: bool = False, **kwargs):
+        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                            stream=sys.stderr, force=True)
+        try:
+            return command(*args, **kwargs, quiet=quiet)
+        except SurgeryError as e:
+            if debug:
+                raise
+            raise UserFacingError(str(e), e.hint, e.exit_code) from e
+        except OSError as e:
+            if debug:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            raise UserFacingError(f"{where}{e.strerror or e}", None, 1) from e
+
+    return wrapper
+
+
+def common_options(command):
+    command = click.option("--debug", is_flag=True, help="Show a traceback on errors.")(command)
+    return click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")(command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="surgery")
+def cli() -> None:
+    """Checkpoint surgery on raw safetensors tensors: trim a model's vocabulary to the tokens you use.
+
+    \b
+    Example:
+        surgery trim ckpt/ --keep ids.txt -o ckpt-small/
+    """
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--keep", "keep_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="File of token ids to keep: integers, one or more per line, '#' comments.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False),
+              help="Output folder. Default: CKPT-trimmed next to CKPT.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (the plan or the result).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--pad-to-multiple-of", type=int, default=None,
+              help="Round the new vocabulary up to a multiple of N rows. Padding rows copy the pad (else unk, "
+                   "else first kept) token's row, so they tie with it and are never the argmax.")
+@click.option("--vocab-tensor", "vocab_tensors", multiple=True, metavar="NAME[:AXIS]",
+              help="Name the vocabulary tensors yourself (embedding first) when their names are unknown.")
+@click.option("--link-unchanged", is_flag=True,
+              help="Hardlink shards that hold no vocabulary tensor instead of copying them. The output then "
+                   "shares those files with CKPT: editing one in place edits both.")
+@common_options
+@speaks_errors
+def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_json: bool, force: bool,
+         pad_to_multiple_of: int | None, vocab_tensors: tuple[str, ...], link_unchanged: bool, quiet: bool) -> None:
+    """Drop the vocabulary rows not listed in KEEP, and rewrite tokenizer and config to match.
+
+    Kept ids are renumbered 0..K-1 in their original order. The tokenizer's needs are kept too (special
+    tokens, byte alphabet or byte-fallback tokens, BPE merge intermediates, Unigram characters), and each
+    addition is reported. OUT gets surgery_trim.json, the old id of every new id.
+
+    \b
+    Example:
+        surgery trim ckpt/ --keep ids.txt -o ckpt-small/
+        surgery trim ckpt/ --keep ids.txt --dry-run --json
+    """
+    ckpt_ = Checkpoint.open(ckpt)
+    vocab = find_vocab_tensors(ckpt_, vocab_tensors)
+    tokenizer = TokenizerFiles.load(ckpt)
+    keep = KeepList.load(keep_path, vocab.n_rows)
+    plan = plan_trim(ckpt_, vocab, tokenizer, keep, pad_to_multiple_of=pad_to_multiple_of)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps(plan.to_json(), indent=2))
+        else:
+            click.echo(plan.describe())
+        return
+    out = output if output is not None else ckpt.parent / f"{ckpt.resolve().name}-trimmed"
+    _check_output(ckpt, out, force)
+    if not quiet:
+        click.echo(plan.describe(), err=True)
+    started = time.monotonic()
+    total = plan.totals()["bytes_after"]
+    with _progress_bar(total, quiet) as progress:
+        tmp = _write_verified(plan, out, link_unchanged, progress)
+    _move_into_place(tmp, out)
+    elapsed = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps({**_result(plan, out), "seconds": round(elapsed, 3)}, indent=2))
+    if not quiet:
+        click.echo(f"wrote {out} ({total:,} tensor bytes in {elapsed:.1f}s)", err=True)
+
+
+def _write_verified(plan, out: Path, link_unchanged: bool, progress) -> Path:
+    """Write into a sibling temporary folder and verify it; on any failure remove it and re-raise."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    tmp = out.parent / f".{out.name}{PARTIAL}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        apply_plan(plan, tmp, link_unchanged=link_unchanged, progress=progress)
+        for check in verify(plan, tmp):
+            LOG.debug("verified: %s", check)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _check_output(ckpt: Path, out: Path, force: bool) -> None:
+    src, dst = ckpt.resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        raise InputError(f"{out}: output must not be CKPT or inside it (CKPT is never written to)")
+    if dst in src.parents:
+        raise InputError(f"{out}: output must not contain CKPT")
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists", hint="pass --force to replace it")
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Leftovers of a run that was killed: their pid no longer runs. They never carry the output's name."""
+    for stale in out.parent.glob(f".{out.name}{PARTIAL}*"):
+        pid_text = stale.name.rsplit(PARTIAL, 1)[1].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            LOG.info("removing %s, left by an interrupted run", stale.name)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the verified folder to OUT; an old OUT (with --force) is moved aside first, then removed."""
+    if out.exists():
+        aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(4)}"
+        out.rename(aside)
+        tmp.rename(out)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _result(plan, out: Path) -> dict:
+    return {
+        "output": str(out),
+        "old_vocab_rows": plan.n_rows,
+        "new_vocab_rows": plan.new_rows,
+        "kept": len(plan.kept_ids),
+        "added_by_rule": dict(plan.additions),
+        **plan.totals(),
+        "tensors": {a.name: list(a.new_shape) for a in plan.tensor_actions() if a.action == "gather"},
+    }
+
+
+class _progress_bar:
+    """Bytes written and rate on stderr, only when stderr is a terminal and not --quiet."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.done, self.last = total, 0, 0.0
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def __enter__(self):
+        return self.update
+
+    def update(self, nbytes: int) -> None:
+        self.done += nbytes
+        now = time.monotonic()
+        if self.enabled and (now - self.last > 0.2 or self.done >= self.total):
+            self.last = now
+            rate = self.done / max(now - self.started, 1e-9) / 2**20
+            share = 100 * self.done / self.total if self.total else 100
+            sys.stderr.write(f"\r{self.done / 2**30:6.2f} / {self.total / 2**30:.2f} GiB  {share:5.1f}%  {rate:7.1f} MiB/s")
+            sys.stderr.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def main() -> None:
+    cli(prog_name="surgery")

@@ -1,0 +1,136 @@
+"""apply_plan: the single pass over tensor bytes, into a directory that is not yet the output."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from surgery.checkpoint import dump_json
+from surgery.plan import TRIM_RECORD, ShardPlan, TensorAction, TrimPlan
+from surgery.safetensors_io import ShardWriter, TensorEntry, TensorSpec, read_header, write_all
+
+LOG = logging.getLogger(__name__)
+BLOCK_NBYTES = 64 * 1024 * 1024  # peak memory of a gather is one block, not one embedding
+COPY_CHUNK = 64 * 1024 * 1024
+
+Progress = Callable[[int], None]  # called with the number of bytes just written
+
+
+def apply_plan(plan: TrimPlan, out: Path, *, link_unchanged: bool = False, progress: Progress | None = None) -> None:
+    """Write the trimmed checkpoint into `out` (which must not exist yet)."""
+    progress = progress or (lambda nbytes: None)
+    out.mkdir()
+    for shard in plan.shards:
+        src = plan.src / shard.name
+        if shard.changed:
+            _write_shard(plan, shard, src, out / shard.name, progress)
+        else:
+            _copy_unchanged(src, out / shard.name, link_unchanged)
+            progress(src.stat().st_size)
+    if plan.index_name:
+        _write_index(plan, out / plan.index_name)
+    for name, content in plan.files.items():
+        (out / name).write_bytes(content)
+    for name in plan.copied:
+        source = plan.src / name
+        if source.is_dir():
+            shutil.copytree(source, out / name, symlinks=True)
+        else:
+            shutil.copy2(source, out / name)
+    (out / TRIM_RECORD).write_bytes(dump_json(plan.record()))
+
+
+def _copy_unchanged(src: Path, dst: Path, link: bool) -> None:
+    """A shard with no vocab tensor is the same file: copy it whole (or hardlink it on request)."""
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError as e:  # other filesystem, or links not allowed: fall back to a copy
+            LOG.info("hardlink of %s failed (%s); copying", src.name, e.strerror)
+    shutil.copyfile(src, dst)
+
+
+def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progress: Progress) -> None:
+    entries = {e.name: e for e in read_header(src).entries}
+    actions = {a.name: a for a in shard.actions}
+    writer = ShardWriter(dst, shard.metadata)
+    for action in shard.actions:
+        writer.add(TensorSpec(action.name, action.dtype, action.new_shape))
+    with open(src, "rb") as source:
+        fd_in = source.fileno()
+        for spec in writer.write_header():
+            action, entry = actions[spec.name], entries[spec.name]
+            if action.action == "copy":
+                writer.write_tensor(spec.name, lambda fd_out: _copy_range(fd_in, fd_out, entry.begin, entry.nbytes))
+            else:
+                writer.write_tensor(spec.name, lambda fd_out: _gather(fd_in, fd_out, entry, action, plan.row_source))
+            progress(action.new_nbytes)
+    writer.close()
+
+
+def _copy_range(fd_in: int, fd_out: int, begin: int, nbytes: int) -> None:
+    """Kernel-side copy where the OS allows it (copy_file_range), else read and write in chunks."""
+    offset, remaining = begin, nbytes
+    while remaining:
+        try:
+            copied = os.copy_file_range(fd_in, fd_out, min(remaining, COPY_CHUNK), offset)
+        except OSError:
+            copied = 0
+        if copied == 0:
+            chunk = os.pread(fd_in, min(remaining, COPY_CHUNK), offset)
+            write_all(fd_out, chunk)
+            copied = len(chunk)
+        offset += copied
+        remaining -= copied
+
+
+def _gather(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorAction, row_source: np.ndarray) -> None:
+    """Take rows `row_source` along the vocab axis, reading only the runs of kept rows, one block at a time."""
+    axis = action.axis
+    outer = int(np.prod(entry.shape[:axis]))
+    n_rows = entry.shape[axis]
+    row_nbytes = entry.row_nbytes(axis)
+    for outer_index in range(outer):
+        base = entry.begin + outer_index * n_rows * row_nbytes
+        rows_per_block = max(1, BLOCK_NBYTES // max(row_nbytes, 1))
+        buffer = bytearray(min(len(row_source), rows_per_block) * row_nbytes)
+        for start in range(0, len(row_source), rows_per_block):
+            block = row_source[start : start + rows_per_block]
+            view = memoryview(buffer)[: len(block) * row_nbytes]
+            _read_rows_into(fd_in, base, row_nbytes, block, view)
+            write_all(fd_out, view)
+
+
+def _read_rows_into(fd_in: int, base: int, row_nbytes: int, rows: np.ndarray, view: memoryview) -> None:
+    """pread each run of consecutive source rows straight into the output buffer."""
+    if len(rows) == 0 or row_nbytes == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rows)]])
+    for run_start, run_end in zip(starts.tolist(), ends.tolist()):
+        first_row = int(rows[run_start])
+        target = view[run_start * row_nbytes : run_end * row_nbytes]
+        offset = base + first_row * row_nbytes
+        while target:
+            got = os.preadv(fd_in, [target], offset)
+            if got == 0:
+                raise OSError(f"unexpected end of file at byte {offset}")
+            target, offset = target[got:], offset + got
+
+
+def _write_index(plan: TrimPlan, path: Path) -> None:
+    """The index keeps its metadata, with total_size (and total_parameters if present) recomputed."""
+    actions = plan.tensor_actions()
+    metadata = dict(plan.index_metadata or {})
+    metadata["total_size"] = sum(a.new_nbytes for a in actions)
+    if "total_parameters" in metadata:
+        metadata["total_parameters"] = sum(int(np.prod(a.new_shape)) for a in actions)
+    weight_map = {a.name: a.shard for a in sorted(actions, key=lambda a: a.name)}
+    path.write_bytes(dump_json({"metadata": metadata, "weight_map": weight_map}))

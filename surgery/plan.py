@@ -1,0 +1,263 @@
+"""plan_trim: everything a trim will do, computed from headers, configs and tokenizer files alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from surgery.checkpoint import OTHER_WEIGHT_SUFFIXES, Checkpoint, dump_json, load_json
+from surgery.config import ConfigPatch, named_token_ids, patch_config, vocab_size_keys
+from surgery.errors import CheckpointError, InputError
+from surgery.keep import KeepList, build_old_to_new
+from surgery.safetensors_io import DTYPE_BITS, expected_nbytes
+from surgery.tokenizer_files import TokenizerFiles
+from surgery.vocab_tensors import VocabTensors
+
+TRIM_RECORD = "surgery_trim.json"  # written into OUT: the old id of every new id, and why it was kept
+GENERATION_CONFIG = "generation_config.json"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorAction:
+    name: str
+    shard: str
+    action: str  # "gather" (vocab axis indexed by row_source) or "copy" (bytes unchanged)
+    dtype: str
+    old_shape: tuple[int, ...]
+    new_shape: tuple[int, ...]
+    axis: int | None
+    role: str | None
+
+    @property
+    def old_nbytes(self) -> int:
+        return expected_nbytes(self.dtype, self.old_shape)
+
+    @property
+    def new_nbytes(self) -> int:
+        return expected_nbytes(self.dtype, self.new_shape)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardPlan:
+    name: str
+    metadata: dict[str, str] | None
+    actions: tuple[TensorAction, ...]
+
+    @property
+    def changed(self) -> bool:
+        return any(a.action == "gather" for a in self.actions)
+
+
+@dataclass(frozen=True, slots=True)
+class TrimPlan:
+    src: Path
+    n_rows: int  # embedding rows before
+    n_tokens: int  # tokenizer ids before (rows past it are padding, never tokens)
+    user_ids: int
+    kept_ids: np.ndarray  # sorted old ids, new id = position
+    row_source: np.ndarray  # old row of each new row: kept_ids, then padding rows
+    pad_source: int | None  # old id whose row fills the padding rows
+    additions: tuple[tuple[str, int], ...]
+    tokenizer_kind: str
+    vocab: VocabTensors
+    shards: tuple[ShardPlan, ...]
+    index_name: str | None
+    index_metadata: dict | None
+    files: dict  # name -> new bytes (tokenizer files, config.json, generation_config.json)
+    copied: tuple[str, ...]  # names copied unchanged (files and folders)
+    skipped: tuple[str, ...]  # other weight formats, not carried into OUT
+    config_patches: tuple[ConfigPatch, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def new_rows(self) -> int:
+        return len(self.row_source)
+
+    @property
+    def old_to_new(self) -> np.ndarray:
+        return build_old_to_new(self.kept_ids, self.n_rows)
+
+    def tensor_actions(self) -> list[TensorAction]:
+        return [action for shard in self.shards for action in shard.actions]
+
+    def totals(self) -> dict[str, int]:
+        actions = self.tensor_actions()
+        return {
+            "params_before": sum(int(np.prod(a.old_shape)) for a in actions),
+            "params_after": sum(int(np.prod(a.new_shape)) for a in actions),
+            "bytes_before": sum(a.old_nbytes for a in actions),
+            "bytes_after": sum(a.new_nbytes for a in actions),
+        }
+
+    def record(self) -> dict:
+        """The content of surgery_trim.json."""
+        return {
+            "source": str(self.src),
+            "old_vocab_rows": self.n_rows,
+            "old_tokenizer_size": self.n_tokens,
+            "new_vocab_rows": self.new_rows,
+            "kept": len(self.kept_ids),
+            "padding_rows": self.new_rows - len(self.kept_ids),
+            "padding_row_source_id": self.pad_source,
+            "added_by_rule": dict(self.additions),
+            "old_ids": [int(i) for i in self.kept_ids],
+        }
+
+    def to_json(self) -> dict:
+        """The document `trim --dry-run --json` prints."""
+        return {
+            "source": str(self.src),
+            "tokenizer": self.tokenizer_kind,
+            "tied": self.vocab.tied,
+            "old_vocab_rows": self.n_rows,
+            "old_tokenizer_size": self.n_tokens,
+            "user_ids": self.user_ids,
+            "added_by_rule": dict(self.additions),
+            "kept": len(self.kept_ids),
+            "new_vocab_rows": self.new_rows,
+            **self.totals(),
+            "tensors": [
+                {"name": a.name, "shard": a.shard, "action": a.action, "role": a.role, "dtype": a.dtype,
+                 "old_shape": list(a.old_shape), "new_shape": list(a.new_shape)}
+                for a in self.tensor_actions() if a.action == "gather"
+            ],
+            "copied_tensors": sum(1 for a in self.tensor_actions() if a.action == "copy"),
+            "rewritten_files": sorted(self.files),
+            "copied_files": list(self.copied),
+            "skipped_files": list(self.skipped),
+            "config_patches": [{"file": p.file, "key": p.key, "old": p.old, "new": p.new} for p in self.config_patches],
+            "notes": list(self.notes),
+        }
+
+    def describe(self) -> str:
+        t = self.totals()
+        saved = 100 * (1 - t["bytes_after"] / t["bytes_before"]) if t["bytes_before"] else 0.0
+        lines = [
+            f"source: {self.src}",
+            f"tokenizer: {self.tokenizer_kind} ({self.n_tokens} ids; embedding has {self.n_rows} rows)",
+            f"vocab tensors ({'tied' if self.vocab.tied else 'untied'}):",
+            *(f"  {a.name} [{a.role}] {a.dtype} {list(a.old_shape)} -> {list(a.new_shape)}"
+              for a in self.tensor_actions() if a.action == "gather"),
+            f"kept ids: {self.user_ids} requested"
+            + "".join(f", +{n} {rule}" for rule, n in self.additions if n) + f" = {len(self.kept_ids)}",
+            f"new vocab rows: {self.new_rows}" + (f" ({self.new_rows - len(self.kept_ids)} padding rows)"
+                                                   if self.new_rows > len(self.kept_ids) else ""),
+            f"parameters: {t['params_before']:,} -> {t['params_after']:,}",
+            f"bytes: {t['bytes_before']:,} -> {t['bytes_after']:,} ({saved:.1f}% saved)",
+            f"files rewritten: {', '.join(sorted(self.files))}",
+        ]
+        if self.skipped:
+            lines.append(f"not carried over (other weight formats): {', '.join(self.skipped)}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def plan_trim(
+    ckpt: Checkpoint,
+    vocab: VocabTensors,
+    tokenizer: TokenizerFiles,
+    keep: KeepList,
+    *,
+    pad_to_multiple_of: int | None = None,
+) -> TrimPlan:
+    """Decide the kept set and every action. Reads no tensor bytes."""
+    n_rows = vocab.n_rows
+    vocab_keys = vocab_size_keys(ckpt.config, n_rows)
+    n_tokens = tokenizer.size()
+    if n_tokens > n_rows:
+        raise CheckpointError(
+            f"tokenizer has {n_tokens} ids but the embedding has {n_rows} rows ({vocab.tensors[0].entry.name})"
+        )
+    notes = list(vocab.notes)
+    if not vocab_keys:
+        notes.append("config.json has no vocab_size equal to the embedding rows; none patched")
+    user_ids = {i for i in keep.ids if i < n_tokens}
+    if len(user_ids) < len(keep.ids):
+        notes.append(f"{len(keep.ids) - len(user_ids)} requested ids are padding rows past the tokenizer "
+                     f"(ids {n_tokens}..{n_rows - 1}), not tokens: dropped")
+    if keep.duplicates:
+        notes.append(f"{keep.path.name}: {keep.duplicates} duplicate ids counted once")
+    generation = _load_optional(ckpt.root / GENERATION_CONFIG)
+    config_ids = {i for ids in named_token_ids(ckpt.config, n_rows).values() for i in ids}
+    if generation is not None:
+        config_ids |= {i for ids in named_token_ids(generation, n_rows).values() for i in ids}
+    kept = set(user_ids)
+    additions = []
+    kept_config = config_ids - kept
+    kept |= config_ids
+    additions.append(("config token ids", len(kept_config)))
+    for rule, ids in tokenizer.required_by_rule(kept):
+        kept |= ids
+        additions.append((rule, len(ids)))
+    kept_ids = np.array(sorted(kept), dtype=np.int64)
+    pad_source, row_source = _padding(kept_ids, ckpt.config, tokenizer, pad_to_multiple_of)
+    old_to_new = build_old_to_new(kept_ids, n_rows)
+    files, tok_notes = tokenizer.rewrite(old_to_new)
+    notes += tok_notes
+    new_config, patches = patch_config("config.json", ckpt.config, old_to_new, len(row_source))
+    files["config.json"] = dump_json(new_config)
+    if generation is not None:
+        new_generation, generation_patches = patch_config(GENERATION_CONFIG, generation, old_to_new, len(row_source))
+        files[GENERATION_CONFIG] = dump_json(new_generation)
+        patches += generation_patches
+    shards = tuple(_shard_plan(shard, vocab, len(row_source)) for shard in ckpt.shards)
+    copied, skipped = _other_files(ckpt, files)
+    return TrimPlan(
+        src=ckpt.root, n_rows=n_rows, n_tokens=n_tokens, user_ids=len(user_ids), kept_ids=kept_ids,
+        row_source=row_source, pad_source=pad_source, additions=tuple(additions), tokenizer_kind=tokenizer.kind(),
+        vocab=vocab, shards=shards, index_name=ckpt.index_name, index_metadata=ckpt.index_metadata, files=files,
+        copied=copied, skipped=skipped, config_patches=tuple(patches), notes=tuple(notes),
+    )
+
+
+def _padding(kept_ids: np.ndarray, config: dict, tokenizer: TokenizerFiles, multiple: int | None):
+    """Padding rows copy one kept row (pad, else unk, else the first kept id).
+
+    A duplicate row gives the same logit as its token, whose lower id wins every argmax tie, so a padding
+    row is never the argmax; a zero row would give logit 0, which can win.
+    """
+    if not multiple:
+        return None, kept_ids.copy()
+    if multiple < 1:
+        raise InputError(f"--pad-to-multiple-of must be a positive integer, got {multiple}")
+    n_pad = -len(kept_ids) % multiple
+    kept_set = set(kept_ids.tolist())
+    candidates = [config.get("pad_token_id"), tokenizer.hf.unk_id() if tokenizer.hf else None]
+    pad_source = next((c for c in candidates if type(c) is int and c in kept_set), int(kept_ids[0]))
+    return pad_source, np.concatenate([kept_ids, np.full(n_pad, pad_source, dtype=np.int64)])
+
+
+def _shard_plan(shard, vocab: VocabTensors, new_rows: int) -> ShardPlan:
+    by_name = vocab.by_name()
+    actions = []
+    for entry in shard.entries:
+        found = by_name.get(entry.name)
+        if found is None:
+            actions.append(TensorAction(entry.name, shard.path.name, "copy", entry.dtype, entry.shape, entry.shape, None, None))
+            continue
+        if DTYPE_BITS[entry.dtype] * int(np.prod(entry.shape[found.axis + 1:])) % 8:
+            raise CheckpointError(
+                f"{shard.path.name}: tensor '{entry.name}' has {entry.dtype}, a packed dtype, rows are not byte-addressable"
+            )
+        new_shape = entry.shape[: found.axis] + (new_rows,) + entry.shape[found.axis + 1 :]
+        actions.append(TensorAction(entry.name, shard.path.name, "gather", entry.dtype, entry.shape, new_shape,
+                                    found.axis, found.role.value))
+    return ShardPlan(shard.path.name, shard.metadata, tuple(actions))
+
+
+def _other_files(ckpt: Checkpoint, rewritten: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    written = set(rewritten) | {s.path.name for s in ckpt.shards} | {TRIM_RECORD}
+    if ckpt.index_name:
+        written.add(ckpt.index_name)
+    copied, skipped = [], []
+    for path in sorted(ckpt.root.iterdir()):
+        if path.name in written or path.name.startswith("."):
+            continue
+        (skipped if path.is_file() and path.suffix in OTHER_WEIGHT_SUFFIXES else copied).append(path.name)
+    return tuple(copied), tuple(skipped)
+
+
+def _load_optional(path: Path):
+    return load_json(path) if path.exists() else None

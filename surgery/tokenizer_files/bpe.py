@@ -1,0 +1,68 @@
+"""BPE facts shared by tokenizer.json BPE and SentencePiece BPE: the merge closure and the byte alphabet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (openai/gpt-2 encoder.py; tokenizers byte_level.rs)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+BYTE_LEVEL_ALPHABET: tuple[str, ...] = tuple(bytes_to_unicode().values())
+BYTE_FALLBACK_PIECES: tuple[str, ...] = tuple(f"<0x{byte:02X}>" for byte in range(256))
+
+PairRank = Callable[[str, str], "tuple[float, str] | None"]  # (rank, merged symbol) or None if no merge
+
+
+def merge_path(symbols: list[str], pair_rank: PairRank) -> tuple[list[str], list[str]]:
+    """Replay BPE on one word: repeatedly merge the lowest-rank adjacent pair, leftmost first on ties.
+
+    Returns the final symbols and every symbol that appeared on the way (initial symbols included). This is
+    the rule of tokenizers' BPE (lowest merge rank) and of SentencePiece BPE (highest piece score, as rank
+    = -score).
+    """
+    symbols = list(symbols)
+    seen = list(symbols)
+    while len(symbols) > 1:
+        best: tuple[float, int, str] | None = None
+        for position in range(len(symbols) - 1):
+            found = pair_rank(symbols[position], symbols[position + 1])
+            if found is not None and (best is None or found[0] < best[0]):
+                best = (found[0], position, found[1])
+        if best is None:
+            break
+        _, position, merged = best
+        symbols[position : position + 2] = [merged]
+        seen.append(merged)
+    return symbols, seen
+
+
+def merge_closure(
+    tokens: Iterable[str], initial_symbols: Callable[[str], list[str]], pair_rank: PairRank
+) -> set[str]:
+    """Every symbol the merges pass through when building each token from its characters.
+
+    A token that the merges cannot build from its own characters (whole-word-only with ignore_merges, or an
+    added token) contributes nothing: it is skipped, not an error. Inside a longer word, the merges that
+    build a final token act only inside its span, in the same order as on the token alone, so replaying the
+    token alone finds exactly the intermediates any text needs.
+    """
+    needed: set[str] = set()
+    for token in tokens:
+        start = initial_symbols(token)
+        if len(start) < 2:
+            continue
+        final, seen = merge_path(start, pair_rank)
+        if final == [token]:
+            needed.update(seen)
+    return needed
