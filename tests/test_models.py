@@ -1,0 +1,192 @@
+"""End to end with a real client: tiny random transformers models, trimmed by the CLI, logits compared.
+
+For each architecture: build the model from its config (offline), save_pretrained, trim with
+`surgery trim`, load both with from_pretrained, and check that on held-back text whose ids are all kept
+the trimmed tokenizer gives the mapped ids and the trimmed model gives the same logits on the kept ids
+(hidden states for bare encoders).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import tokenizers
+
+from conftest import TOKENIZERS, corpus_lines, run_cli, write_keep
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=128)
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    config: str  # transformers config class
+    model: str  # transformers model class
+    tokenizer: str  # fixture tokenizer
+    kwargs: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    extra_rows: int = 0  # embedding rows past the tokenizer (Qwen, T5 style)
+    shard_size: str | None = None  # save sharded
+    expect_tied: bool | None = None
+    seq2seq: bool = False
+    encoder_only: bool = False  # compare hidden states, no vocab logits
+    overrides: dict = field(default_factory=dict)  # set after construction (T5 configs force tying in __init__)
+
+
+ARCHS = [
+    Arch("llama", "LlamaConfig", "LlamaForCausalLM", "sp-bpe-llama", TINY | dict(tie_word_embeddings=False),
+         expect_tied=False),
+    Arch("mistral-bf16", "MistralConfig", "MistralForCausalLM", "sp-bpe-llama",
+         TINY | dict(tie_word_embeddings=False, head_dim=8), dtype="bfloat16", expect_tied=False),
+    Arch("qwen2-tied-sharded-padded", "Qwen2Config", "Qwen2ForCausalLM", "bpe-bytelevel-gpt2",
+         TINY | dict(tie_word_embeddings=True), extra_rows=60, shard_size="20KB", expect_tied=True),
+    Arch("qwen3", "Qwen3Config", "Qwen3ForCausalLM", "bpe-bytelevel-llama3",
+         TINY | dict(tie_word_embeddings=False, head_dim=8), expect_tied=False),
+    Arch("gemma", "GemmaConfig", "GemmaForCausalLM", "sp-bpe-llama", TINY | dict(head_dim=8), expect_tied=True),
+    Arch("gemma2-bf16", "Gemma2Config", "Gemma2ForCausalLM", "sp-bpe-llama", TINY | dict(head_dim=8),
+         dtype="bfloat16", expect_tied=True),
+    Arch("phi3", "Phi3Config", "Phi3ForCausalLM", "sp-bpe-llama",
+         TINY | dict(tie_word_embeddings=False, pad_token_id=0), expect_tied=False),
+    Arch("smollm-llama-tied", "LlamaConfig", "LlamaForCausalLM", "bpe-bytelevel-gpt2",
+         TINY | dict(tie_word_embeddings=True), expect_tied=True),
+    Arch("gpt2", "GPT2Config", "GPT2LMHeadModel", "bpe-bytelevel-gpt2",
+         dict(n_embd=16, n_layer=1, n_head=2, n_positions=128, bos_token_id=0, eos_token_id=0), expect_tied=True),
+    Arch("gpt-neox", "GPTNeoXConfig", "GPTNeoXForCausalLM", "bpe-bytelevel-gpt2",
+         TINY | dict(tie_word_embeddings=False, bos_token_id=0, eos_token_id=0), expect_tied=False),
+    Arch("bert-mlm", "BertConfig", "BertForMaskedLM", "wordpiece-bert",
+         dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+              max_position_embeddings=128, pad_token_id=0), expect_tied=True),
+    Arch("bert-encoder", "BertConfig", "BertModel", "wordpiece-bert",
+         dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+              max_position_embeddings=128, pad_token_id=0), encoder_only=True),
+    Arch("xlm-roberta-mlm", "XLMRobertaConfig", "XLMRobertaForMaskedLM", "sp-unigram-xlmr",
+         dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+              max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2), expect_tied=True),
+    Arch("t5-tied", "T5Config", "T5ForConditionalGeneration", "sp-unigram-t5",
+         dict(d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2, decoder_start_token_id=0, pad_token_id=0,
+              eos_token_id=1), extra_rows=6, seq2seq=True, expect_tied=True),
+    Arch("mt5-untied", "MT5Config", "MT5ForConditionalGeneration", "sp-unigram-t5",
+         dict(d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2, decoder_start_token_id=0, pad_token_id=0,
+              eos_token_id=1), extra_rows=6, seq2seq=True, expect_tied=False,
+         overrides=dict(tie_word_embeddings=False)),
+    Arch("bart", "BartConfig", "BartForConditionalGeneration", "bpe-bytelevel-gpt2",
+         dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+              encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+              pad_token_id=0, decoder_start_token_id=0, forced_eos_token_id=0), seq2seq=True, expect_tied=True),
+]
+
+
+def build(arch: Arch, root: Path) -> tuple[Path, int]:
+    """Save a tiny random model with its tokenizer; return the folder and the tokenizer size."""
+    tok_dir = TOKENIZERS / arch.tokenizer
+    n_tokens = tokenizers.Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    config = getattr(transformers, arch.config)(vocab_size=n_tokens + arch.extra_rows, **arch.kwargs)
+    for key, value in arch.overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    model = getattr(transformers, arch.model)(config).eval()
+    with torch.no_grad():  # untrained biases are zero; make them count
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_()
+    model = model.to(getattr(torch, arch.dtype))
+    kwargs = {"max_shard_size": arch.shard_size} if arch.shard_size else {}
+    model.save_pretrained(root, **kwargs)
+    for path in tok_dir.iterdir():
+        shutil.copy(path, root / path.name)
+    return root, n_tokens
+
+
+def keep_ids(tok_dir: Path, share: float = 0.5) -> list[int]:
+    tok = tokenizers.Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    lines = corpus_lines("train.txt")[:300]
+    counts = Counter(i for enc in tok.encode_batch(lines, add_special_tokens=False) for i in enc.ids)
+    return [i for i, _ in counts.most_common(int(tok.get_vocab_size(True) * share))]
+
+
+def kept_texts(original_tok, old_to_new: dict[int, int], limit: int = 6) -> list[tuple[str, list[int]]]:
+    """Held-back texts whose original ids (specials included) are all kept, with those ids."""
+    found = []
+    for line in corpus_lines("heldout.txt"):
+        words = line.split()
+        for i in range(0, max(len(words) - 5, 1), 3):
+            text = " ".join(words[i : i + 6])
+            ids = original_tok(text).input_ids
+            if len(ids) >= 3 and all(t in old_to_new for t in ids):
+                found.append((text, ids))
+                if len(found) == limit:
+                    return found
+    return found
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
+def test_trimmed_model_gives_the_same_logits(arch, tmp_path):
+    src, n_tokens = build(arch, tmp_path / "src")
+    keep = write_keep(tmp_path / "ids.txt", keep_ids(TOKENIZERS / arch.tokenizer))
+    out = tmp_path / "out"
+    result = run_cli(["trim", src, "--keep", keep, "-o", out, "--json", "-q"])
+    summary = json.loads(result.stdout)
+    record = json.loads((out / "surgery_trim.json").read_text())
+    old_ids = record["old_ids"]
+    old_to_new = {old: new for new, old in enumerate(old_ids)}
+    assert summary["new_vocab_rows"] == len(old_ids) < n_tokens
+
+    load = dict(dtype=torch.float32)
+    original = getattr(transformers, arch.model).from_pretrained(src, **load).eval()
+    trimmed = getattr(transformers, arch.model).from_pretrained(out, **load).eval()
+    assert trimmed.config.get_text_config().vocab_size == len(old_ids)
+    assert trimmed.get_input_embeddings().weight.shape[0] == len(old_ids)
+    if arch.expect_tied is not None:
+        head_tensors = [t["name"] for t in json.loads(run_cli(
+            ["trim", src, "--keep", keep, "--dry-run", "--json"]).stdout)["tensors"] if t["role"] == "head"]
+        assert (not head_tensors) == arch.expect_tied
+
+    original_tok = transformers.AutoTokenizer.from_pretrained(src)
+    trimmed_tok = transformers.AutoTokenizer.from_pretrained(out)
+    texts = kept_texts(original_tok, old_to_new)
+    assert len(texts) >= 3, "too few held-back texts fully kept"
+    kept_index = torch.tensor(old_ids)
+    for text, ids in texts:
+        new_ids = [old_to_new[t] for t in ids]
+        assert trimmed_tok(text).input_ids == new_ids, text
+        old_in, new_in = torch.tensor([ids]), torch.tensor([new_ids])
+        with torch.no_grad():
+            if arch.seq2seq:
+                start = original.config.decoder_start_token_id
+                old_out = original(input_ids=old_in, decoder_input_ids=torch.tensor([[start] + ids[:-1]]))
+                new_out = trimmed(input_ids=new_in, decoder_input_ids=torch.tensor([[old_to_new[start]] + new_ids[:-1]]))
+            else:
+                old_out, new_out = original(input_ids=old_in), trimmed(input_ids=new_in)
+        if arch.encoder_only:
+            torch.testing.assert_close(new_out.last_hidden_state, old_out.last_hidden_state, rtol=0, atol=1e-6)
+            continue
+        old_logits = old_out.logits[..., kept_index]
+        assert new_out.logits.shape[-1] == len(old_ids)
+        torch.testing.assert_close(new_out.logits, old_logits, rtol=1e-6, atol=1e-5)
+        # the argmax over the kept columns of the original is a new id already
+        assert torch.equal(new_out.logits.argmax(-1), old_logits.argmax(-1))
+
+
+def test_trimmed_tokenizer_matches_in_transformers(tmp_path):
+    """The mapped ids of the original tokenizer are what the trimmed tokenizer itself produces."""
+    arch = ARCHS[0]
+    src, _ = build(arch, tmp_path / "src")
+    keep = write_keep(tmp_path / "ids.txt", keep_ids(TOKENIZERS / arch.tokenizer))
+    run_cli(["trim", src, "--keep", keep, "-o", tmp_path / "out", "-q"])
+    old_ids = json.loads((tmp_path / "out" / "surgery_trim.json").read_text())["old_ids"]
+    old_to_new = {old: new for new, old in enumerate(old_ids)}
+    original_tok = transformers.AutoTokenizer.from_pretrained(src)
+    trimmed_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    lines = [line for line in corpus_lines("heldout.txt") if all(t in old_to_new for t in original_tok(line).input_ids)]
+    assert lines
+    for line in lines:
+        assert trimmed_tok(line).input_ids == [old_to_new[t] for t in original_tok(line).input_ids]
