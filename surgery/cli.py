@@ -134,7 +134,7 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
     started = time.monotonic()
     total = plan.totals()["bytes_after"]
     with _progress_bar(total, quiet) as progress:
-        tmp = _write_verified(plan, out, link_unchanged, progress)
+        tmp = _write_verified(plan, tokenizer, out, link_unchanged, progress)
     _move_into_place(tmp, out)
     elapsed = time.monotonic() - started
     if as_json:
@@ -143,14 +143,14 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
         click.echo(f"wrote {out} ({total:,} tensor bytes in {elapsed:.1f}s)", err=True)
 
 
-def _write_verified(plan, out: Path, link_unchanged: bool, progress) -> Path:
+def _write_verified(plan, tokenizer, out: Path, link_unchanged: bool, progress) -> Path:
     """Write into a sibling temporary folder and verify it; on any failure remove it and re-raise."""
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
     tmp = out.parent / f".{out.name}{PARTIAL}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         apply_plan(plan, tmp, link_unchanged=link_unchanged, progress=progress)
-        for check in verify(plan, tmp):
+        for check in verify(plan, tmp, tokenizer):
             LOG.debug("verified: %s", check)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

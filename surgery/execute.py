@@ -15,7 +15,7 @@ from surgery.plan import TRIM_RECORD, ShardPlan, TensorAction, TrimPlan
 from surgery.safetensors_io import ShardWriter, TensorEntry, TensorSpec, read_header, write_all
 
 LOG = logging.getLogger(__name__)
-BLOCK_NBYTES = 64 * 1024 * 1024  # peak memory of a gather is one block, not one embedding
+BLOCK_NBYTES = 16 * 1024 * 1024  # peak memory of a gather is one block, not one embedding
 COPY_CHUNK = 64 * 1024 * 1024
 
 Progress = Callable[[int], None]  # called with the number of bytes just written

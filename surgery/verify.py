@@ -10,15 +10,18 @@ import numpy as np
 from surgery.errors import CheckpointError, VerifyError
 from surgery.plan import TrimPlan
 from surgery.safetensors_io import read_header, read_rows
-from surgery.tokenizer_files import SP_MODEL_NAMES, TOKENIZER_JSON
+from surgery.tokenizer_files import SP_MODEL_NAMES, TOKENIZER_JSON, TokenizerFiles
 
 SAMPLE_ROWS = 64
 
 
-def verify(plan: TrimPlan, out: Path) -> list[str]:
-    """Raise VerifyError on the first disagreement; return the list of checks that passed."""
+def verify(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
+    """Raise VerifyError on the first disagreement; return the list of checks that passed.
+
+    `tokenizer` is the source checkpoint's tokenizer, as the plan was made from it.
+    """
     checks = [_check_shards(plan, out), _check_config(plan, out)]
-    checks += _check_tokenizer(plan, out)
+    checks += _check_tokenizer(plan, out, tokenizer)
     return checks
 
 
@@ -75,12 +78,10 @@ def _check_config(plan: TrimPlan, out: Path) -> str:
     return f"config.json vocab_size = {plan.new_rows}"
 
 
-def _check_tokenizer(plan: TrimPlan, out: Path) -> list[str]:
+def _check_tokenizer(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
     """The rewritten tokenizer loads in the real libraries and each new id names its old token."""
-    from surgery.tokenizer_files import TokenizerFiles
-
     checks = []
-    old_tokens = TokenizerFiles.load(plan.src).id_to_token()
+    old_tokens = tokenizer.id_to_token()
     expected = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.kept_ids) if int(old_id) in old_tokens}
     if (out / TOKENIZER_JSON).exists():
         import tokenizers

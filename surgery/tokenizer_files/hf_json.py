@@ -173,8 +173,8 @@ class HfTokenizerJson:
 
     def rewrite(self, old_to_new: np.ndarray) -> tuple[str, int]:
         """New tokenizer.json text, and the number of merges dropped."""
-        data = copy.deepcopy(self.data)
-        model = data["model"]
+        data = dict(self.data)  # shallow: every part that changes is replaced, never edited in place
+        model = data["model"] = dict(self.data["model"])
         dropped_merges = 0
 
         def new_id(old_id: int) -> int:
@@ -200,7 +200,7 @@ class HfTokenizerJson:
             data["post_processor"] = _remap_post_processor(data["post_processor"], new_id)
         padding = data.get("padding")
         if isinstance(padding, dict) and isinstance(padding.get("pad_id"), int):
-            padding["pad_id"] = new_id(padding["pad_id"])
+            data["padding"] = {**padding, "pad_id": new_id(padding["pad_id"])}
         return json.dumps(data, ensure_ascii=False, indent=2) + "\n", dropped_merges
 
 

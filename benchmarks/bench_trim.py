@@ -1,0 +1,133 @@
+"""Trim time and memory against `cp -r` and a transformers-based trim, measured side by side in one run.
+
+    python benchmarks/bench_trim.py                      # qwen3-4b and llama3-8b (needs ~70 GB of disk)
+    python benchmarks/bench_trim.py tiny --no-transformers
+
+Each run is a subprocess; its wall time includes `sync` of what it wrote, and its peak RSS comes from
+wait4(). Before each run the source files are evicted from the page cache (posix_fadvise DONTNEED), so every
+run reads from disk: the cache is cold unless --warm is given. Synthetic checkpoints are cached in
+--workdir (default benchmarks/out/, ignored by git) and never committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from synthetic import SHAPES, write_checkpoint  # noqa: E402
+
+TRANSFORMERS_TRIM = HERE / "transformers_trim.py"
+
+
+def evict(root: Path) -> None:
+    """Drop a folder's files from the page cache, so the next read comes from disk."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def timed(command: list[str], workdir: Path) -> tuple[float, int]:
+    """Wall seconds (command + sync) and peak RSS in bytes of one subprocess.
+
+    RSS comes from GNU time: a child forked from this (large) Python process would inherit its high-water mark.
+    """
+    rss_file = workdir / "rss.txt"
+    started = time.perf_counter()
+    result = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *command],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    os.sync()
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{result.stderr}")
+    return elapsed, int(rss_file.read_text().split()[-1]) * 1024
+
+
+def folder_nbytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def bench(shape: str, workdir: Path, n_keep: int, transformers: bool, warm: bool) -> dict:
+    src = workdir / f"{shape}-synthetic"
+    if not (src / "config.json").exists():
+        shutil.rmtree(src, ignore_errors=True)
+        print(f"generating {src} ...", file=sys.stderr)
+        write_checkpoint(shape, src)
+    keep = workdir / f"{shape}-keep.txt"
+    keep.write_text("\n".join(str(i) for i in range(n_keep)) + "\n")
+    surgery = [sys.executable, "-m", "surgery", "trim", str(src), "--keep", str(keep), "-q", "--force"]
+    runs = {
+        "cp -r": ["cp", "-r", str(src), str(workdir / "out-cp")],
+        "surgery trim": surgery + ["-o", str(workdir / "out-surgery")],
+        "surgery trim --link-unchanged": surgery + ["-o", str(workdir / "out-link"), "--link-unchanged"],
+    }
+    if transformers:
+        runs["transformers trim"] = [sys.executable, str(TRANSFORMERS_TRIM), str(src), str(keep),
+                                     str(workdir / "out-transformers")]
+    results = {"shape": shape, "checkpoint_nbytes": folder_nbytes(src), "kept_ids": n_keep,
+               "page_cache": "warm" if warm else "cold (source evicted before each run)", "runs": {}}
+    for name, command in runs.items():
+        out = Path(command[command.index("-o") + 1]) if "-o" in command else Path(command[-1])
+        shutil.rmtree(out, ignore_errors=True)
+        os.sync()
+        if not warm:
+            evict(src)
+        print(f"{shape}: {name} ...", file=sys.stderr)
+        seconds, rss = timed(command, workdir)
+        results["runs"][name] = {"seconds": round(seconds, 2), "peak_rss_bytes": rss,
+                                 "output_nbytes": folder_nbytes(out)}
+        shutil.rmtree(out, ignore_errors=True)
+    return results
+
+
+def report(results: dict) -> str:
+    runs, size = results["runs"], results["checkpoint_nbytes"]
+    cp = runs["cp -r"]["seconds"]
+    lines = [f"{results['shape']}: checkpoint {size / 2**30:.2f} GiB, keep {results['kept_ids']} ids, "
+             f"page cache {results['page_cache']}",
+             f"  {'run':32} {'seconds':>8} {'x cp -r':>8} {'peak RSS':>10} {'RSS/ckpt':>9} {'written':>10}"]
+    for name, run in runs.items():
+        lines.append(f"  {name:32} {run['seconds']:8.2f} {run['seconds'] / cp:8.3f} "
+                     f"{run['peak_rss_bytes'] / 2**20:7.0f} MiB {run['peak_rss_bytes'] / size:9.4f} "
+                     f"{run['output_nbytes'] / 2**30:6.2f} GiB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shapes", nargs="*", default=["qwen3-4b", "llama3-8b"], help=f"of {', '.join(SHAPES)}")
+    parser.add_argument("--workdir", type=Path, default=HERE / "out")
+    parser.add_argument("--keep", type=int, default=30_000, help="number of ids kept (the first N)")
+    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers-based trim")
+    parser.add_argument("--warm", action="store_true", help="do not evict the source from the page cache")
+    parser.add_argument("--delete", action="store_true", help="delete each synthetic checkpoint when done")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    unknown = [s for s in args.shapes if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape {unknown[0]!r}; choose from {', '.join(SHAPES)}")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    all_results = []
+    for shape in args.shapes:
+        results = bench(shape, args.workdir, args.keep, not args.no_transformers, args.warm)
+        all_results.append(results)
+        print(report(results), flush=True)
+        if args.delete:
+            shutil.rmtree(args.workdir / f"{shape}-synthetic")
+    if args.json:
+        args.json.write_text(json.dumps(all_results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
