@@ -19,7 +19,10 @@ import click
 
 from surgery import __version__
 from surgery.checkpoint import Checkpoint
-from surgery.errors import InputError, SurgeryError
+from surgery.comparison import compare_checkpoints, findings_json
+from surgery.corpus import CorpusSpec
+from surgery.errors import InputError, SurgeryError, VerifyError
+from surgery.inspection import inspect_checkpoint, render
 from surgery.execute import apply_plan
 from surgery.keep import KeepList
 from surgery.plan import plan_trim
@@ -141,6 +144,73 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
         click.echo(json.dumps({**_result(plan, out), "seconds": round(elapsed, 3)}, indent=2))
     if not quiet:
         click.echo(f"wrote {out} ({total:,} tensor bytes in {elapsed:.1f}s)", err=True)
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--keep", "keep_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also show the trim plan for this keep list (as `trim --dry-run`).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (schema in README).")
+@click.option("--vocab-tensor", "vocab_tensors", multiple=True, metavar="NAME[:AXIS]",
+              help="Name the vocabulary tensors yourself (embedding first).")
+@common_options
+@speaks_errors
+def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tuple[str, ...], quiet: bool) -> None:
+    """Show shards, parameters, vocabulary tensors, tokenizer and config ids, reading no tensor data.
+
+    \b
+    Example:
+        surgery inspect ckpt/
+        surgery inspect ckpt/ --keep ids.txt --json
+    """
+    ckpt_ = Checkpoint.open(ckpt)
+    vocab = find_vocab_tensors(ckpt_, vocab_tensors)
+    tokenizer = TokenizerFiles.load(ckpt)
+    report = inspect_checkpoint(ckpt_, vocab, tokenizer)
+    plan = None
+    if keep_path is not None:
+        plan = plan_trim(ckpt_, vocab, tokenizer, KeepList.load(keep_path, vocab.n_rows))
+        report["plan"] = plan.to_json()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(render(report))
+    if plan is not None:
+        click.echo("plan:\n" + "\n".join("  " + line for line in plan.describe().splitlines()[1:]))
+
+
+@cli.command("verify")
+@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--corpus", "corpora", multiple=True, metavar="PATH",
+              help="Text (a document per line), JSON Lines (field 'text'), .gz, a folder, or - for stdin.")
+@click.option("--max-docs", type=int, default=None, help="Read at most this many documents per corpus.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON document to stdout.")
+@common_options
+@speaks_errors
+def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: int | None, as_json: bool,
+                   quiet: bool) -> None:
+    """Prove OUT against its source CKPT: rows, tensors, config ids, tokenizer, and optionally text.
+
+    Every kept row must equal its source row byte for byte, every other tensor must be byte-identical,
+    config ids must name the same tokens, the tokenizer must be dense and in source order, and with
+    --corpus, lines whose source ids are all kept must encode to the mapped ids. Exits 3 on any failure.
+
+    \b
+    Example:
+        surgery verify ckpt/ ckpt-small/ --corpus held-out.txt
+    """
+    findings = compare_checkpoints(ckpt, out, tuple(CorpusSpec.parse(c) for c in corpora), max_docs)
+    if as_json:
+        click.echo(findings_json(findings))
+    for finding in findings:
+        if not quiet or not finding.ok:
+            click.echo(f"{'ok  ' if finding.ok else 'FAIL'} {finding.check}: {finding.detail}", err=True)
+            for example in finding.examples:
+                click.echo(f"       {example}", err=True)
+    failed = [f.check for f in findings if not f.ok]
+    if failed:
+        raise VerifyError(f"{out}: {len(failed)} check(s) failed: {', '.join(failed)}")
 
 
 def _write_verified(plan, tokenizer, out: Path, link_unchanged: bool, progress) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 
 from surgery.checkpoint import dump_json
 from surgery.plan import TRIM_RECORD, ShardPlan, TensorAction, TrimPlan
-from surgery.safetensors_io import ShardWriter, TensorEntry, TensorSpec, read_header, write_all
+from surgery.safetensors_io import ShardWriter, TensorEntry, TensorSpec, pread_rows, read_header, write_all
 
 LOG = logging.getLogger(__name__)
 BLOCK_NBYTES = 16 * 1024 * 1024  # peak memory of a gather is one block, not one embedding
@@ -103,26 +103,8 @@ def _gather(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorAction, r
         for start in range(0, len(row_source), rows_per_block):
             block = row_source[start : start + rows_per_block]
             view = memoryview(buffer)[: len(block) * row_nbytes]
-            _read_rows_into(fd_in, base, row_nbytes, block, view)
+            pread_rows(fd_in, base, row_nbytes, block, view)
             write_all(fd_out, view)
-
-
-def _read_rows_into(fd_in: int, base: int, row_nbytes: int, rows: np.ndarray, view: memoryview) -> None:
-    """pread each run of consecutive source rows straight into the output buffer."""
-    if len(rows) == 0 or row_nbytes == 0:
-        return
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [len(rows)]])
-    for run_start, run_end in zip(starts.tolist(), ends.tolist()):
-        first_row = int(rows[run_start])
-        target = view[run_start * row_nbytes : run_end * row_nbytes]
-        offset = base + first_row * row_nbytes
-        while target:
-            got = os.preadv(fd_in, [target], offset)
-            if got == 0:
-                raise OSError(f"unexpected end of file at byte {offset}")
-            target, offset = target[got:], offset + got
 
 
 def _write_index(plan: TrimPlan, path: Path) -> None:

@@ -189,6 +189,25 @@ def read_bytes(entry: TensorEntry) -> bytes:
         return os.pread(f.fileno(), entry.nbytes, entry.begin)
 
 
+def pread_rows(fd_in: int, base: int, row_nbytes: int, rows: np.ndarray, view: memoryview) -> None:
+    """Read rows `rows` (of row_nbytes each, from file offset `base`) into `view`, one pread per run of consecutive rows."""
+    if len(rows) == 0 or row_nbytes == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rows)]])
+    for run_start, run_end in zip(starts.tolist(), ends.tolist()):
+        first_row = int(rows[run_start])
+        target = view[run_start * row_nbytes : run_end * row_nbytes]
+        offset = base + first_row * row_nbytes
+        while target:
+            got = os.preadv(fd_in, [target], offset)
+            if got == 0:
+                raise OSError(f"unexpected end of file at byte {offset}")
+            target, offset = target[got:], offset + got
+
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """What the writer needs to know of a tensor before its bytes arrive."""

@@ -1,0 +1,211 @@
+"""compare_checkpoints: prove a trimmed checkpoint against its source, byte for byte, without a model class.
+
+Used by `surgery verify SRC OUT`. Every row and tensor is read once, in blocks, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from surgery.checkpoint import Checkpoint, load_json
+from surgery.config import named_token_ids, vocab_size_keys
+from surgery.corpus import CorpusSpec, read_documents
+from surgery.errors import VerifyError
+from surgery.plan import GENERATION_CONFIG, TRIM_RECORD
+from surgery.safetensors_io import TensorEntry, pread_rows
+from surgery.tokenizer_files import TOKENIZER_JSON, TokenizerFiles
+from surgery.tokenizer_files.hf_json import filter_merge_pairs
+from surgery.vocab_tensors import find_vocab_tensors
+
+BLOCK_NBYTES = 16 * 2**20
+MAX_EXAMPLES = 3
+
+
+@dataclass(slots=True)
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+    examples: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"check": self.check, "ok": self.ok, "detail": self.detail, "examples": self.examples}
+
+
+def compare_checkpoints(src: Path, out: Path, corpora: tuple[CorpusSpec, ...] = (), max_docs: int | None = None) -> list[Finding]:
+    old, new = Checkpoint.open(src), Checkpoint.open(out)
+    vocab = find_vocab_tensors(old)
+    old_tok, new_tok = TokenizerFiles.load(src), TokenizerFiles.load(out)
+    row_sources, n_kept = _row_sources(out, old_tok, new_tok)
+    findings = [_check_tensors(old, new, vocab, row_sources)]
+    findings += _check_configs(src, out, old, new, old_tok, new_tok, vocab.n_rows)
+    findings += _check_tokenizer(old_tok, new_tok, row_sources[:n_kept])
+    if corpora:
+        findings += _check_corpora(src, out, old_tok, new_tok, row_sources[:n_kept], corpora, max_docs)
+    return findings
+
+
+def _row_sources(out: Path, old_tok: TokenizerFiles, new_tok: TokenizerFiles) -> tuple[np.ndarray, int]:
+    """The source row of each new row, and how many of them are kept tokens (the rest is padding).
+
+    From surgery_trim.json, else by matching token strings.
+    """
+    if (out / TRIM_RECORD).exists():
+        record = load_json(out / TRIM_RECORD)
+        padding = [record["padding_row_source_id"]] * record.get("padding_rows", 0)
+        return np.array(record["old_ids"] + padding, np.int64), len(record["old_ids"])
+    old_lookup = old_tok.token_to_id()
+    new_tokens = new_tok.id_to_token()
+    missing = [t for t in new_tokens.values() if t not in old_lookup]
+    if missing:
+        raise VerifyError(f"{out}: no {TRIM_RECORD}, and token {missing[0]!r} is not in the source tokenizer")
+    return np.array([old_lookup[new_tokens[new_id]] for new_id in sorted(new_tokens)], np.int64), len(new_tokens)
+
+
+def _check_tensors(old: Checkpoint, new: Checkpoint, vocab, old_ids: np.ndarray) -> Finding:
+    old_tensors, new_tensors = old.tensors(), new.tensors()
+    problems: list[str] = []
+    if set(old_tensors) != set(new_tensors):
+        diff = sorted(set(old_tensors) ^ set(new_tensors))
+        problems.append(f"tensor sets differ: {', '.join(diff[:MAX_EXAMPLES])}")
+    by_name = vocab.by_name()
+    rows = compared = 0
+    for name in sorted(set(old_tensors) & set(new_tensors)):
+        a, b = old_tensors[name], new_tensors[name]
+        if name in by_name:
+            axis = by_name[name].axis
+            expected_shape = a.shape[:axis] + (len(old_ids),) + a.shape[axis + 1 :]
+            if b.shape != expected_shape or b.dtype != a.dtype:
+                problems.append(f"'{name}' is {b.dtype} {list(b.shape)}, expected {a.dtype} {list(expected_shape)}")
+                continue
+            bad_row = _first_bad_row(a, b, axis, old_ids)
+            if bad_row is not None:
+                problems.append(f"'{name}' new row {bad_row} differs from source row {old_ids[bad_row]}")
+            rows += len(old_ids)
+        elif a.shape != b.shape or a.dtype != b.dtype or not _same_bytes(a, b):
+            problems.append(f"'{name}' differs from its source")
+        compared += 1
+    if problems:
+        return Finding("tensors", False, f"{len(problems)} problem(s)", problems[:MAX_EXAMPLES])
+    return Finding("tensors", True, f"{compared} tensors: {rows} vocab rows equal their source rows, "
+                                    "every other tensor byte-identical")
+
+
+def _first_bad_row(a: TensorEntry, b: TensorEntry, axis: int, old_ids: np.ndarray) -> int | None:
+    row_nbytes = a.row_nbytes(axis)
+    per_block = max(1, BLOCK_NBYTES // max(row_nbytes, 1))
+    outer = int(np.prod(a.shape[:axis]))
+    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
+        for outer_index in range(outer):
+            base_a = a.begin + outer_index * a.shape[axis] * row_nbytes
+            base_b = b.begin + outer_index * len(old_ids) * row_nbytes
+            for start in range(0, len(old_ids), per_block):
+                block = old_ids[start : start + per_block]
+                want = bytearray(len(block) * row_nbytes)
+                pread_rows(fa.fileno(), base_a, row_nbytes, block, memoryview(want))
+                got = os.pread(fb.fileno(), len(want), base_b + start * row_nbytes)
+                if got != want:
+                    diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(want, np.uint8))
+                    return start + int(diff[0]) // row_nbytes
+    return None
+
+
+def _same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
+    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
+        for offset in range(0, a.nbytes, BLOCK_NBYTES):
+            size = min(BLOCK_NBYTES, a.nbytes - offset)
+            if os.pread(fa.fileno(), size, a.begin + offset) != os.pread(fb.fileno(), size, b.begin + offset):
+                return False
+    return True
+
+
+def _check_configs(src, out, old, new, old_tok, new_tok, n_rows) -> list[Finding]:
+    findings = []
+    old_tokens, new_tokens = old_tok.id_to_token(), new_tok.id_to_token()
+    pairs = [("config.json", old.config, new.config)]
+    if (src / GENERATION_CONFIG).exists():
+        new_generation = load_json(out / GENERATION_CONFIG) if (out / GENERATION_CONFIG).exists() else {}
+        pairs.append((GENERATION_CONFIG, load_json(src / GENERATION_CONFIG), new_generation))
+    new_rows = new.tensors()[find_vocab_tensors(old).tensors[0].entry.name].shape[0]
+    for file, old_config, new_config in pairs:
+        problems = []
+        new_ids = named_token_ids(new_config, new_rows)
+        for key, ids in named_token_ids(old_config, n_rows).items():
+            names = [old_tokens.get(i) for i in ids]
+            got = [new_tokens.get(i) for i in new_ids.get(key, [])]
+            if names != got:
+                problems.append(f"{key}: was {names}, now {got}")
+        if file == "config.json" and not vocab_size_keys(new_config, new_rows):
+            problems.append(f"no vocab_size equals the {new_rows} rows written")
+        findings.append(Finding(file, not problems, "token ids name the same tokens" if not problems
+                                else f"{len(problems)} id field(s) wrong", problems[:MAX_EXAMPLES]))
+    return findings
+
+
+def _check_tokenizer(old_tok: TokenizerFiles, new_tok: TokenizerFiles, old_ids: np.ndarray) -> list[Finding]:
+    old_tokens, new_tokens = old_tok.id_to_token(), new_tok.id_to_token()
+    wrong = [f"new id {new_id}: {new_tokens.get(new_id)!r}, source id {old_id}: {old_tokens.get(int(old_id))!r}"
+             for new_id, old_id in enumerate(old_ids)
+             if int(old_id) in old_tokens and new_tokens.get(new_id) != old_tokens[int(old_id)]]
+    extra = sorted(set(new_tokens) - set(range(len(old_ids))))
+    problems = wrong + [f"new id {i} is past the {len(old_ids)} rows" for i in extra]
+    findings = [Finding("tokenizer layout", not problems, f"{len(new_tokens)} ids, dense, in source order"
+                        if not problems else f"{len(problems)} id(s) wrong", problems[:MAX_EXAMPLES])]
+    if old_tok.hf is not None and new_tok.hf is not None and old_tok.hf.kind == "BPE":
+        prefix = old_tok.hf.model.get("continuing_subword_prefix") or ""
+        old_pairs = old_tok.hf.merge_pairs()
+        expected = [old_pairs[i] for i in filter_merge_pairs(old_pairs, new_tok.hf.model["vocab"], prefix)]
+        got = new_tok.hf.merge_pairs()
+        ok = got == expected
+        detail = f"{len(got)} merges, exactly the source merges among kept tokens, in order" if ok else (
+            f"{len(got)} merges, expected {len(expected)}")
+        examples = [] if ok else [f"missing {m}" for m in expected if m not in set(got)][:MAX_EXAMPLES]
+        findings.append(Finding("merges", ok, detail, examples))
+    return findings
+
+
+def _check_corpora(src, out, old_tok, new_tok, old_ids, corpora, max_docs) -> list[Finding]:
+    """Lines whose source ids are all kept encode to the mapped ids; decoding agrees where bytes are kept."""
+    import tokenizers
+
+    if old_tok.hf is None:
+        return [Finding("corpus", True, "skipped: no tokenizer.json to encode with")]
+    original = tokenizers.Tokenizer.from_file(str(src / TOKENIZER_JSON))
+    trimmed = tokenizers.Tokenizer.from_file(str(out / TOKENIZER_JSON))
+    old_to_new = {int(old): new for new, old in enumerate(old_ids)}
+    lossless = bool(old_tok.hf.byte_alphabet_ids() or old_tok.hf.byte_fallback_ids())
+    docs = compared = decoded = 0
+    mismatches, decode_mismatches = [], []
+    for spec in corpora:
+        batch = []
+        for doc in read_documents(spec):
+            batch.append(doc)
+            docs += 1
+            if max_docs and docs >= max_docs:
+                break
+        old_enc, new_enc = original.encode_batch(batch), trimmed.encode_batch(batch)
+        for doc, a, b in zip(batch, old_enc, new_enc):
+            kept = all(i in old_to_new for i in a.ids)
+            if kept:
+                compared += 1
+                if b.ids != [old_to_new[i] for i in a.ids]:
+                    mismatches.append(doc[:80])
+            if kept or lossless:
+                decoded += 1
+                if trimmed.decode(b.ids) != original.decode(a.ids):
+                    decode_mismatches.append(doc[:80])
+    return [
+        Finding("corpus encoding", not mismatches, f"{compared} of {docs} documents fully kept; "
+                f"{len(mismatches)} encode differently", mismatches[:MAX_EXAMPLES]),
+        Finding("corpus decoding", not decode_mismatches, f"{decoded} documents decoded; "
+                f"{len(decode_mismatches)} decode differently", decode_mismatches[:MAX_EXAMPLES]),
+    ]
+
+
+def findings_json(findings: list[Finding]) -> str:
+    return json.dumps({"ok": all(f.ok for f in findings), "checks": [f.to_json() for f in findings]}, indent=2)

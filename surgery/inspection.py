@@ -1,0 +1,69 @@
+"""inspect_checkpoint: what a checkpoint holds, from headers and small files only (no tensor bytes)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from surgery.checkpoint import Checkpoint
+from surgery.config import named_token_ids, vocab_size_keys
+from surgery.safetensors_io import DTYPE_BITS
+from surgery.tokenizer_files import TokenizerFiles
+from surgery.vocab_tensors import VocabTensors
+
+
+def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: TokenizerFiles) -> dict:
+    """A JSON-ready report; its schema is documented in README.md (surgery inspect --json)."""
+    by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "nbytes": 0})
+    shards = []
+    for shard in ckpt.shards:
+        for entry in shard.entries:
+            by_dtype[entry.dtype]["parameters"] += math.prod(entry.shape)
+            by_dtype[entry.dtype]["nbytes"] += entry.nbytes
+        shards.append({"name": shard.path.name, "tensors": len(shard.entries),
+                       "nbytes": sum(e.nbytes for e in shard.entries)})
+    size = tokenizer.size()
+    config_keys = {key: _get(ckpt.config, key) for key in vocab_size_keys(ckpt.config, vocab.n_rows)}
+    return {
+        "source": str(ckpt.root),
+        "shards": shards,
+        "parameters": sum(d["parameters"] for d in by_dtype.values()),
+        "nbytes": sum(d["nbytes"] for d in by_dtype.values()),
+        "by_dtype": dict(sorted(by_dtype.items(), key=lambda item: -DTYPE_BITS[item[0]])),
+        "vocab_tensors": [
+            {"name": t.entry.name, "shape": list(t.entry.shape), "dtype": t.entry.dtype, "role": t.role.value,
+             "axis": t.axis, "pattern": t.pattern}
+            for t in vocab.tensors
+        ],
+        "tied": vocab.tied,
+        "embedding_rows": vocab.n_rows,
+        "tokenizer": {"kind": tokenizer.kind(), "size": size, "padding_rows": vocab.n_rows - size},
+        "config": {"vocab_size_keys": config_keys, "token_ids": named_token_ids(ckpt.config, vocab.n_rows)},
+        "notes": list(vocab.notes),
+    }
+
+
+def _get(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def render(report: dict) -> str:
+    """The human-readable table of `surgery inspect`."""
+    lines = [f"checkpoint: {report['source']}",
+             f"shards: {len(report['shards'])}, {report['parameters']:,} parameters, {report['nbytes']:,} bytes"]
+    for dtype, totals in report["by_dtype"].items():
+        lines.append(f"  {dtype:8} {totals['parameters']:>16,} parameters {totals['nbytes']:>18,} bytes")
+    lines.append(f"vocabulary tensors ({'tied' if report['tied'] else 'untied'}), {report['embedding_rows']} rows:")
+    width = max(len(t["name"]) for t in report["vocab_tensors"])
+    for t in report["vocab_tensors"]:
+        lines.append(f"  {t['name']:{width}}  {t['role']:5}  {t['dtype']:5}  {str(t['shape']):18} axis {t['axis']}")
+    tok = report["tokenizer"]
+    lines.append(f"tokenizer: {tok['kind']}, {tok['size']} ids"
+                 + (f" ({tok['padding_rows']} embedding rows past it are padding)" if tok["padding_rows"] else ""))
+    lines.append("config: " + ", ".join(f"{k}={v}" for k, v in report["config"]["vocab_size_keys"].items()))
+    for key, ids in report["config"]["token_ids"].items():
+        lines.append(f"  {key}: {ids if len(ids) > 1 else ids[0]}")
+    lines += [f"note: {n}" for n in report["notes"]]
+    return "\n".join(lines)
