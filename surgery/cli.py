@@ -25,6 +25,7 @@ from surgery.errors import InputError, SurgeryError, VerifyError
 from surgery.inspection import inspect_checkpoint, render
 from surgery.execute import apply_plan
 from surgery.keep import KeepList
+from surgery.keep_mining import mine_keep_list
 from surgery.plan import plan_trim
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.verify import verify
@@ -213,6 +214,57 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
         raise VerifyError(f"{out}: {len(failed)} check(s) failed: {', '.join(failed)}")
 
 
+@cli.command()
+@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--corpus", "corpora", multiple=True, required=True, metavar="PATH[:WEIGHT[:MAX_DOCS]]",
+              help="Text (a document per line), JSON Lines, .gz of either, a folder, or - for stdin. Repeat for "
+                   "several corpora; WEIGHT balances them (each counts by its share of tokens, times WEIGHT).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the id list (one id a line, '#' header).")
+@click.option("--field", default="text", show_default=True, help="JSON Lines field holding the text.")
+@click.option("--whole-files", is_flag=True, help="Treat each plain-text file as one document, not one per line.")
+@click.option("--max-docs", type=int, help="Read at most this many documents per corpus.")
+@click.option("--max-bytes", type=int, help="Read at most this many bytes of text per corpus.")
+@click.option("--size", type=int, help="Final vocabulary rows after trim, counting every id trim adds.")
+@click.option("--coverage", type=float, help="Smallest set covering this fraction of corpus tokens (e.g. 0.999).")
+@click.option("--min-count", type=int, help="Every id seen at least this many times.")
+@click.option("--top-k", type=int, help="The K most frequent ids.")
+@click.option("--keep-ids", type=click.Path(path_type=Path, dir_okay=False), help="Ids that must stay (ids.txt form).")
+@click.option("--keep-tokens", type=click.Path(path_type=Path, dir_okay=False),
+              help="Token strings that must stay, one per line, exactly as in the vocabulary.")
+@click.option("--pad-to-multiple-of", type=int,
+              help="Grow the selection until the final size is a multiple of N (no padding rows needed).")
+@click.option("--stats", is_flag=True, help="Print the figures (coverage curve, savings) to stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON document to stdout.")
+@common_options
+@speaks_errors
+def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_files: bool, max_docs: int | None,
+         max_bytes: int | None, size: int | None, coverage: float | None, min_count: int | None, top_k: int | None,
+         keep_ids: Path | None, keep_tokens: Path | None, pad_to_multiple_of: int | None, stats: bool,
+         as_json: bool, quiet: bool) -> None:
+    """Mine corpora with the checkpoint's own tokenizer and write the ids that `trim --keep` reads.
+
+    Choose exactly one of --size, --coverage, --min-count, --top-k. The list written is the final kept
+    set: trim adds nothing to it, and with --size it has exactly that many ids.
+
+    \b
+    Example:
+        surgery keep ckpt/ --corpus fr.jsonl.gz --corpus en.txt:0.5 --size 32000 -o ids.txt
+        surgery trim ckpt/ --keep ids.txt -o ckpt-fr/
+    """
+    meter = _CorpusMeter(not quiet and sys.stderr.isatty())
+    request = mine_keep_list(
+        ckpt, [CorpusSpec.parse(c) for c in corpora], field=field, whole_files=whole_files, max_docs=max_docs,
+        max_bytes=max_bytes, size=size, coverage=coverage, min_count=min_count, top_k=top_k, keep_ids=keep_ids,
+        keep_tokens=keep_tokens, pad_to_multiple_of=pad_to_multiple_of, progress=meter)
+    meter.done()
+    output.write_text(request.ids_text())
+    if as_json:
+        click.echo(json.dumps(request.figures, indent=2))
+    if stats or not quiet:
+        click.echo(request.describe(verbose=stats), err=True)
+
+
 def _write_verified(plan, tokenizer, out: Path, link_unchanged: bool, progress) -> Path:
     """Write into a sibling temporary folder and verify it; on any failure remove it and re-raise."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +355,29 @@ class _progress_bar:
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
+            sys.stderr.write("\n")
+
+
+class _CorpusMeter:
+    """Documents and MB/s on stderr when stderr is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.docs = self.nbytes = 0
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, docs: int, nbytes: int) -> None:
+        self.docs += docs
+        self.nbytes += nbytes
+        now = time.monotonic()
+        if self.enabled and now - self.last > 0.2:
+            self.last = now
+            rate = self.nbytes / max(now - self.started, 1e-9) / 2**20
+            sys.stderr.write(f"\r{self.docs:,} documents, {self.nbytes / 2**20:,.1f} MiB, {rate:.1f} MiB/s")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.docs:
             sys.stderr.write("\n")
 
 

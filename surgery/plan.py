@@ -180,17 +180,7 @@ def plan_trim(
     if keep.duplicates:
         notes.append(f"{keep.path.name}: {keep.duplicates} duplicate ids counted once")
     generation = _load_optional(ckpt.root / GENERATION_CONFIG)
-    config_ids = {i for ids in named_token_ids(ckpt.config, n_rows).values() for i in ids}
-    if generation is not None:
-        config_ids |= {i for ids in named_token_ids(generation, n_rows).values() for i in ids}
-    kept = set(user_ids)
-    additions = []
-    kept_config = config_ids - kept
-    kept |= config_ids
-    additions.append(("config token ids", len(kept_config)))
-    for rule, ids in tokenizer.required_by_rule(kept):
-        kept |= ids
-        additions.append((rule, len(ids)))
+    kept, additions = complete_kept_set(ckpt.config, generation, tokenizer, user_ids, n_rows)
     kept_ids = np.array(sorted(kept), dtype=np.int64)
     pad_source, row_source = _padding(kept_ids, ckpt.config, tokenizer, pad_to_multiple_of)
     old_to_new = build_old_to_new(kept_ids, n_rows)
@@ -210,6 +200,23 @@ def plan_trim(
         vocab=vocab, shards=shards, index_name=ckpt.index_name, index_metadata=ckpt.index_metadata, files=files,
         copied=copied, skipped=skipped, config_patches=tuple(patches), notes=tuple(notes),
     )
+
+
+def complete_kept_set(config: dict, generation: dict | None, tokenizer: TokenizerFiles, user_ids: set[int],
+                      n_rows: int) -> tuple[set[int], list[tuple[str, int]]]:
+    """The user's ids plus every id the configs name and the tokenizer needs, with counts by rule.
+
+    This is the single definition of the final kept set: `trim` keeps it and `keep --size` sizes it.
+    """
+    config_ids = {i for ids in named_token_ids(config, n_rows).values() for i in ids}
+    if generation is not None:
+        config_ids |= {i for ids in named_token_ids(generation, n_rows).values() for i in ids}
+    kept = set(user_ids) | config_ids
+    additions = [("config token ids", len(config_ids - set(user_ids)))]
+    for rule, ids in tokenizer.required_by_rule(kept):
+        kept |= ids
+        additions.append((rule, len(ids)))
+    return kept, additions
 
 
 def _padding(kept_ids: np.ndarray, config: dict, tokenizer: TokenizerFiles, multiple: int | None):

@@ -1,0 +1,130 @@
+"""mine_keep_list: corpora in, the final kept id set out, with the figures that justify it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from surgery.checkpoint import Checkpoint, load_json
+from surgery.corpus import CorpusSpec
+from surgery.errors import InputError
+from surgery.keep import KeepList
+from surgery.plan import GENERATION_CONFIG, complete_kept_set, plan_trim
+from surgery.selection import Ranking, select_coverage, select_min_count, select_size, select_top_k
+from surgery.token_counts import Progress, count_tokens, load_encoder
+from surgery.tokenizer_files import TokenizerFiles
+from surgery.vocab_tensors import find_vocab_tensors
+
+CURVE_SIZES = (1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000)
+
+
+@dataclass(frozen=True, slots=True)
+class MinedKeepList:
+    ids: tuple[int, ...]
+    header: tuple[str, ...]
+    figures: dict
+
+    def ids_text(self) -> str:
+        return "".join(f"# {line}\n" for line in self.header) + "".join(f"{i}\n" for i in self.ids)
+
+    def describe(self, verbose: bool) -> str:
+        f = self.figures
+        lines = [f"{f['documents']:,} documents, {f['tokens']:,} tokens, {f['distinct_tokens']:,} distinct; "
+                 f"kept {f['kept']:,} of {f['tokenizer_size']:,} ids, coverage {f['coverage']:.4%}"]
+        if verbose:
+            lines += [f"  {c['path']}: {c['documents']:,} documents, {c['tokens']:,} tokens, weight {c['weight']}, "
+                      f"coverage {c['coverage']:.4%}" for c in f["corpora"]]
+            lines.append("coverage curve: " + ", ".join(f"{n}: {v:.4%}" for n, v in f["coverage_curve"].items()))
+            lines.append("added by trim rules: " + ", ".join(f"{k} +{v}" for k, v in f["added_by_rule"].items()))
+            lines.append(f"parameters {f['params_before']:,} -> {f['params_after']:,}, bytes {f['bytes_before']:,} "
+                         f"-> {f['bytes_after']:,} ({f['bytes_saved_share']:.1%} saved)")
+        return "\n".join(lines)
+
+
+def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text", whole_files: bool = False,
+                   max_docs: int | None = None, max_bytes: int | None = None, size: int | None = None,
+                   coverage: float | None = None, min_count: int | None = None, top_k: int | None = None,
+                   keep_ids: Path | None = None, keep_tokens: Path | None = None,
+                   pad_to_multiple_of: int | None = None, progress: Progress | None = None) -> MinedKeepList:
+    modes = {"--size": size, "--coverage": coverage, "--min-count": min_count, "--top-k": top_k}
+    chosen_modes = [name for name, value in modes.items() if value is not None]
+    if len(chosen_modes) != 1:
+        raise InputError("choose exactly one of --size, --coverage, --min-count, --top-k"
+                         + (f" (got {', '.join(chosen_modes)})" if chosen_modes else ""))
+    ckpt = Checkpoint.open(root)
+    vocab = find_vocab_tensors(ckpt)
+    tokenizer = TokenizerFiles.load(root)
+    n_ids = tokenizer.size()
+    forced = _forced_ids(tokenizer, keep_ids, keep_tokens, vocab.n_rows, n_ids)
+    encode = load_encoder(root)
+    counts = [count_tokens(encode, spec, n_ids, field=field, whole_files=whole_files, max_docs=spec.max_docs or max_docs,
+                           max_bytes=max_bytes, progress=progress) for spec in corpora]
+    ranking = Ranking.of(counts)
+    generation = load_json(root / GENERATION_CONFIG) if (root / GENERATION_CONFIG).exists() else None
+
+    def final(ids: set[int]) -> tuple[set[int], list[tuple[str, int]]]:
+        return complete_kept_set(ckpt.config, generation, tokenizer, ids, vocab.n_rows)
+
+    def size_of(ids: set[int]) -> int:
+        return len(final(ids)[0])
+
+    if size is not None:
+        selected = select_size(ranking, size, forced, size_of, n_ids)
+    else:
+        selected = forced | (select_coverage(ranking, coverage) if coverage is not None else
+                             select_min_count(ranking, min_count) if min_count is not None else
+                             select_top_k(ranking, top_k))
+        if pad_to_multiple_of:
+            target = math.ceil(size_of(selected) / pad_to_multiple_of) * pad_to_multiple_of
+            selected = select_size(ranking, min(target, n_ids), selected, size_of, n_ids)
+    kept, additions = final(selected)
+    return _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, chosen_modes[0],
+                   modes[chosen_modes[0]])
+
+
+def _forced_ids(tokenizer: TokenizerFiles, keep_ids: Path | None, keep_tokens: Path | None, n_rows: int,
+                n_ids: int) -> set[int]:
+    forced = set(KeepList.load(keep_ids, n_rows).ids) if keep_ids else set()
+    if keep_tokens:
+        lookup = tokenizer.token_to_id()
+        try:
+            lines = keep_tokens.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError as e:
+            raise InputError(f"{keep_tokens}: token list not found") from e
+        for line_no, token in enumerate(lines, start=1):
+            if not token:
+                continue
+            if token not in lookup:
+                raise InputError(f"{keep_tokens.name}:{line_no}: token {token!r} is not in the tokenizer")
+            forced.add(lookup[token])
+    return {i for i in forced if i < n_ids}
+
+
+def _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, mode, value) -> MinedKeepList:
+    plan = plan_trim(ckpt, vocab, tokenizer, KeepList(Path("<mined>"), tuple(sorted(kept)), 0))
+    totals = plan.totals()
+    n_ids = tokenizer.size()
+    figures = {
+        "source": str(root),
+        "selection": {mode.lstrip("-"): value},
+        "documents": sum(c.documents for c in counts),
+        "bytes": sum(c.nbytes for c in counts),
+        "tokens": sum(c.tokens for c in counts),
+        "distinct_tokens": len(ranking.order),
+        "tokenizer_size": n_ids,
+        "selected": len(selected),
+        "kept": len(kept),
+        "added_by_rule": dict(additions),
+        "coverage": ranking.coverage(kept),
+        "corpora": [{"path": c.spec.path, "weight": c.spec.weight, "documents": c.documents, "bytes": c.nbytes,
+                     "tokens": c.tokens, "coverage": float(c.counts[sorted(kept)].sum() / max(c.tokens, 1))}
+                    for c in counts],
+        "coverage_curve": ranking.curve([n for n in CURVE_SIZES if n < n_ids] or [n_ids // 8, n_ids // 4, n_ids // 2]),
+        **totals,
+        "bytes_saved_share": 1 - totals["bytes_after"] / totals["bytes_before"] if totals["bytes_before"] else 0.0,
+    }
+    header = (f"surgery keep {root}", f"corpora: {', '.join(c.spec.path for c in counts)}",
+              f"selection: {mode} {value}; {len(kept)} ids (coverage {figures['coverage']:.4%})",
+              "added by rule: " + ", ".join(f"{k} +{v}" for k, v in additions))
+    return MinedKeepList(tuple(sorted(kept)), header, figures)

@@ -1,0 +1,84 @@
+"""count_tokens: how often each id occurs in corpora, using the checkpoint's own tokenizer.
+
+Streaming in batches through the `tokenizers` batch API (all cores) or the SentencePiece processor;
+counting with numpy, so memory stays flat in corpus size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from surgery.corpus import CorpusSpec, read_documents
+from surgery.tokenizer_files import SP_MODEL_NAMES, TOKENIZER_JSON
+
+BATCH_DOCS = 2000
+
+Encoder = Callable[[list[str]], list[list[int]]]
+Progress = Callable[[int, int], None]  # (documents, bytes) just read
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusCounts:
+    spec: CorpusSpec
+    counts: np.ndarray  # int64, one per tokenizer id
+    documents: int
+    nbytes: int
+
+    @property
+    def tokens(self) -> int:
+        return int(self.counts.sum())
+
+
+def load_encoder(root: Path) -> Encoder:
+    """Batch encoder of the checkpoint's tokenizer, without special tokens."""
+    if (root / TOKENIZER_JSON).exists():
+        import tokenizers
+
+        tokenizer = tokenizers.Tokenizer.from_file(str(root / TOKENIZER_JSON))
+        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # no offsets: faster
+        return lambda docs: [e.ids for e in encode(docs, add_special_tokens=False)]
+    import sentencepiece
+
+    name = next(n for n in SP_MODEL_NAMES if (root / n).exists())
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(root / name))
+    return lambda docs: processor.encode(docs, num_threads=-1)
+
+
+def count_tokens(encode: Encoder, spec: CorpusSpec, n_ids: int, *, field: str = "text", whole_files: bool = False,
+                 max_docs: int | None = None, max_bytes: int | None = None,
+                 progress: Progress | None = None) -> CorpusCounts:
+    """Count ids of one corpus; stops at max_docs documents or max_bytes of text, whichever comes first."""
+    counts = np.zeros(n_ids, dtype=np.int64)
+    documents = nbytes = 0
+    docs = read_documents(spec, field=field, whole_files=whole_files)
+    for batch in _batches(docs, max_docs, max_bytes):
+        ids = encode(batch)
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
+        counts += np.bincount(flat[flat < n_ids], minlength=n_ids)
+        batch_bytes = sum(len(doc.encode("utf-8")) for doc in batch)
+        documents += len(batch)
+        nbytes += batch_bytes
+        if progress:
+            progress(len(batch), batch_bytes)
+    return CorpusCounts(spec, counts, documents, nbytes)
+
+
+def _batches(docs: Iterator[str], max_docs: int | None, max_bytes: int | None) -> Iterator[list[str]]:
+    batch: list[str] = []
+    seen_docs = seen_bytes = 0
+    for doc in docs:
+        if (max_docs is not None and seen_docs >= max_docs) or (max_bytes is not None and seen_bytes >= max_bytes):
+            break
+        batch.append(doc)
+        seen_docs += 1
+        seen_bytes += len(doc.encode("utf-8"))
+        if len(batch) == BATCH_DOCS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
