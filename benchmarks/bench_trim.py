@@ -58,7 +58,7 @@ def folder_nbytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def bench(shape: str, workdir: Path, n_keep: int, transformers: bool, warm: bool) -> dict:
+def bench(shape: str, workdir: Path, n_keep: int, transformers: bool, warm: bool, repeat: int) -> dict:
     src = workdir / f"{shape}-synthetic"
     if not (src / "config.json").exists():
         shutil.rmtree(src, ignore_errors=True)
@@ -75,19 +75,26 @@ def bench(shape: str, workdir: Path, n_keep: int, transformers: bool, warm: bool
     if transformers:
         runs["transformers trim"] = [sys.executable, str(TRANSFORMERS_TRIM), str(src), str(keep),
                                      str(workdir / "out-transformers")]
-    results = {"shape": shape, "checkpoint_nbytes": folder_nbytes(src), "kept_ids": n_keep,
+    results = {"shape": shape, "checkpoint_nbytes": folder_nbytes(src), "kept_ids": n_keep, "repeat": repeat,
                "page_cache": "warm" if warm else "cold (source evicted before each run)", "runs": {}}
-    for name, command in runs.items():
-        out = Path(command[command.index("-o") + 1]) if "-o" in command else Path(command[-1])
-        shutil.rmtree(out, ignore_errors=True)
-        os.sync()
-        if not warm:
-            evict(src)
-        print(f"{shape}: {name} ...", file=sys.stderr)
-        seconds, rss = timed(command, workdir)
-        results["runs"][name] = {"seconds": round(seconds, 2), "peak_rss_bytes": rss,
-                                 "output_nbytes": folder_nbytes(out)}
-        shutil.rmtree(out, ignore_errors=True)
+    for round_index in range(repeat):  # rounds interleave the runs, so a slow spell hits them alike
+        for name, command in runs.items():
+            if name == "transformers trim" and round_index:
+                continue  # slow and memory-hungry: once is enough to compare
+            out = Path(command[command.index("-o") + 1]) if "-o" in command else Path(command[-1])
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()
+            if not warm:
+                evict(src)
+            print(f"{shape}: {name} (round {round_index + 1}) ...", file=sys.stderr)
+            seconds, rss = timed(command, workdir)
+            run = results["runs"].setdefault(name, {"times": [], "peak_rss_bytes": 0})
+            run["times"].append(round(seconds, 2))
+            run["peak_rss_bytes"] = max(run["peak_rss_bytes"], rss)
+            run["output_nbytes"] = folder_nbytes(out)
+            shutil.rmtree(out, ignore_errors=True)
+    for run in results["runs"].values():
+        run["seconds"] = sorted(run["times"])[len(run["times"]) // 2]  # the median
     return results
 
 
@@ -95,12 +102,12 @@ def report(results: dict) -> str:
     runs, size = results["runs"], results["checkpoint_nbytes"]
     cp = runs["cp -r"]["seconds"]
     lines = [f"{results['shape']}: checkpoint {size / 2**30:.2f} GiB, keep {results['kept_ids']} ids, "
-             f"page cache {results['page_cache']}",
+             f"page cache {results['page_cache']}, median of {results['repeat']} interleaved rounds",
              f"  {'run':32} {'seconds':>8} {'x cp -r':>8} {'peak RSS':>10} {'RSS/ckpt':>9} {'written':>10}"]
     for name, run in runs.items():
         lines.append(f"  {name:32} {run['seconds']:8.2f} {run['seconds'] / cp:8.3f} "
                      f"{run['peak_rss_bytes'] / 2**20:7.0f} MiB {run['peak_rss_bytes'] / size:9.4f} "
-                     f"{run['output_nbytes'] / 2**30:6.2f} GiB")
+                     f"{run['output_nbytes'] / 2**30:6.2f} GiB   runs: {run['times']}")
     return "\n".join(lines)
 
 
@@ -110,6 +117,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     parser.add_argument("--keep", type=int, default=30_000, help="number of ids kept (the first N)")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers-based trim")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the cp and surgery runs (median kept)")
     parser.add_argument("--warm", action="store_true", help="do not evict the source from the page cache")
     parser.add_argument("--delete", action="store_true", help="delete each synthetic checkpoint when done")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -120,7 +128,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     all_results = []
     for shape in args.shapes:
-        results = bench(shape, args.workdir, args.keep, not args.no_transformers, args.warm)
+        results = bench(shape, args.workdir, args.keep, not args.no_transformers, args.warm, args.repeat)
         all_results.append(results)
         print(report(results), flush=True)
         if args.delete:

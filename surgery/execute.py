@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from surgery.safetensors_io import ShardWriter, TensorEntry, TensorSpec, pread_r
 LOG = logging.getLogger(__name__)
 BLOCK_NBYTES = 16 * 1024 * 1024  # peak memory of a gather is one block, not one embedding
 COPY_CHUNK = 64 * 1024 * 1024
+SHARD_WORKERS = int(os.environ.get("SURGERY_SHARD_WORKERS", "2"))
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
 
@@ -25,13 +27,11 @@ def apply_plan(plan: TrimPlan, out: Path, *, link_unchanged: bool = False, progr
     """Write the trimmed checkpoint into `out` (which must not exist yet)."""
     progress = progress or (lambda nbytes: None)
     out.mkdir()
-    for shard in plan.shards:
-        src = plan.src / shard.name
-        if shard.changed:
-            _write_shard(plan, shard, src, out / shard.name, progress)
-        else:
-            _copy_unchanged(src, out / shard.name, link_unchanged)
-            progress(src.stat().st_size)
+    with ThreadPoolExecutor(max_workers=SHARD_WORKERS) as pool:
+        # shards are independent files; the copies are syscalls that release the GIL, so two streams keep
+        # the disk busier than one (cp -r copies one file at a time)
+        for done in [pool.submit(_write_one, plan, shard, out, link_unchanged, progress) for shard in plan.shards]:
+            done.result()
     if plan.index_name:
         _write_index(plan, out / plan.index_name)
     for name, content in plan.files.items():
@@ -43,6 +43,35 @@ def apply_plan(plan: TrimPlan, out: Path, *, link_unchanged: bool = False, progr
         else:
             shutil.copy2(source, out / name)
     (out / TRIM_RECORD).write_bytes(dump_json(plan.record()))
+    sync_tree(out)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every file and folder once everything is written, so the kernel could write back meanwhile.
+
+    The output is renamed into place only after this: a crash never leaves a finished-looking folder whose
+    data is not on disk.
+    """
+    for path in sorted(root.rglob("*"), key=lambda p: p.is_dir()):
+        _fsync(path)
+    _fsync(root)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_one(plan: TrimPlan, shard: ShardPlan, out: Path, link_unchanged: bool, progress: Progress) -> None:
+    src = plan.src / shard.name
+    if shard.changed:
+        _write_shard(plan, shard, src, out / shard.name, progress)
+    else:
+        _copy_unchanged(src, out / shard.name, link_unchanged)
+        progress(src.stat().st_size)
 
 
 def _copy_unchanged(src: Path, dst: Path, link: bool) -> None:
