@@ -153,6 +153,10 @@ class TokenizerFiles:
         if self.sp is not None:
             fallback |= {piece_ids[index] for index in self.sp.byte_pieces()}
         add("byte fallback", fallback)
+        whitespace = self.hf.whitespace_ids() if self.hf else set()
+        if self.sp is not None:
+            whitespace |= {piece_ids[index] for index in self.sp.whitespace_pieces()}
+        add("whitespace piece", whitespace)
         closure = self.hf.closure_ids(kept) if self.hf else set()
         if self.sp is not None:
             model_to_piece = {model_id: index for index, model_id in enumerate(piece_ids)}

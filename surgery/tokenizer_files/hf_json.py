@@ -16,6 +16,7 @@ from surgery.errors import CheckpointError
 from surgery.tokenizer_files.bpe import BYTE_FALLBACK_PIECES, BYTE_LEVEL_ALPHABET, merge_closure
 
 SUPPORTED_MODELS = ("BPE", "WordPiece", "WordLevel", "Unigram")
+METASPACE = "\u2581"  # "▁", SentencePiece's visible space
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,15 @@ class HfTokenizerJson:
             return set()
         vocab = self.model["vocab"]
         return {vocab[ch] for ch in BYTE_LEVEL_ALPHABET if ch in vocab}
+
+    def whitespace_ids(self) -> set[int]:
+        """SentencePiece-style tokenizers write spaces as "▁"; without that piece a space falls back to the
+        bytes of U+2581 and decodes as a literal "▁" instead of a space."""
+        uses_metaspace = any(_has_type(self.data.get(part), "Metaspace") for part in ("pre_tokenizer", "decoder"))
+        if not uses_metaspace and METASPACE not in json.dumps(self.data.get("normalizer"), ensure_ascii=False):
+            return set()
+        old_id = self.token_to_id().get(METASPACE)
+        return set() if old_id is None else {old_id}
 
     def byte_fallback_ids(self) -> set[int]:
         if not self.model.get("byte_fallback"):

@@ -57,6 +57,10 @@ class SpModel:
             return set()
         return {index for index, kind in enumerate(self.types()) if kind == BYTE}
 
+    def whitespace_pieces(self) -> set[int]:
+        """The "▁" piece: without it a space becomes the bytes of U+2581 and decodes as a literal "▁"."""
+        return {index for index, p in enumerate(self.proto.pieces) if p.piece == "\u2581" and p.type == NORMAL}
+
     def closure_pieces(self, kept: set[int]) -> set[int]:
         """BPE: intermediates by the score rule. Unigram: single characters of kept pieces + lowest NORMAL piece."""
         pieces = self.proto.pieces

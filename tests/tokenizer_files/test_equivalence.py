@@ -167,3 +167,28 @@ def test_added_tokens_follow_the_model_vocab(tmp_path):
     trimmed = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
     for added in added_only:
         assert trimmed.token_to_id(added["content"]) == added["id"]
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSLESS))
+def test_a_tiny_keep_list_still_round_trips_any_text(kind, tmp_path):
+    """Keep almost nothing: every text must still decode to what the original decodes (bytes are kept)."""
+    src = tokenizer_checkpoint(kind, tmp_path / "src")
+    out = tmp_path / "out"
+    run_cli(["trim", src, "--keep", write_keep(tmp_path / "ids.txt", [300, 301, 302]), "-o", out, "-q"])
+    original = tokenizers.Tokenizer.from_file(str(src / "tokenizer.json"))
+    trimmed = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert trimmed.get_vocab_size(True) < 300
+    for line in corpus_lines("ood.txt") + corpus_lines("heldout.txt")[:100]:
+        assert trimmed.decode(trimmed.encode(line).ids) == original.decode(original.encode(line).ids), line
+
+
+def test_without_whitespace_piece_spaces_decode_as_a_literal_mark(tmp_path, monkeypatch):
+    from surgery.tokenizer_files.sp_model import SpModel
+
+    monkeypatch.setattr(HfTokenizerJson, "whitespace_ids", lambda self: set())
+    monkeypatch.setattr(SpModel, "whitespace_pieces", lambda self: set())
+    src = tokenizer_checkpoint("sp-bpe-llama", tmp_path / "src")
+    out = tmp_path / "out"
+    run_cli(["trim", src, "--keep", write_keep(tmp_path / "ids.txt", [300, 301, 302]), "-o", out, "-q"])
+    trimmed = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert "\u2581" in trimmed.decode(trimmed.encode("a b c").ids)
