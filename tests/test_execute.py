@@ -1,0 +1,53 @@
+"""apply_plan writes the planned bytes: gathered rows in order, copies byte for byte, index totals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from surgery.execute import apply_plan
+from surgery.safetensors_io import read_header, read_rows
+from test_plan import make_plan
+
+
+def test_rows_are_gathered_in_kept_order(copy_fixture, tmp_path):
+    root = copy_fixture("llama-untied")
+    plan = make_plan(root, pad_to_multiple_of=64)
+    apply_plan(plan, tmp_path / "out")
+    old = load_file(root / "model.safetensors")
+    new = load_file(tmp_path / "out" / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        np.testing.assert_array_equal(new[name], old[name][plan.row_source])
+        # padding rows repeat the pad source row exactly
+        np.testing.assert_array_equal(new[name][len(plan.kept_ids):], np.broadcast_to(
+            old[name][plan.pad_source], new[name][len(plan.kept_ids):].shape))
+    for name in old:
+        if name not in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert new[name].tobytes() == old[name].tobytes()
+
+
+def test_vocab_on_axis_1_and_f16(copy_fixture, tmp_path):
+    root = copy_fixture("bart-logits-bias")
+    plan = make_plan(root)
+    apply_plan(plan, tmp_path / "out")
+    old = load_file(root / "model.safetensors")
+    new = load_file(tmp_path / "out" / "model.safetensors")
+    np.testing.assert_array_equal(new["final_logits_bias"], old["final_logits_bias"][:, plan.kept_ids])
+    assert new["final_logits_bias"].dtype == np.float16
+
+
+def test_bf16_sharded_output_and_index(copy_fixture, tmp_path):
+    root = copy_fixture("qwen-tied-sharded")
+    plan = make_plan(root)
+    apply_plan(plan, tmp_path / "out")
+    entry = read_header(tmp_path / "out" / "model-00001-of-00002.safetensors").entry("model.embed_tokens.weight")
+    source = read_header(root / "model-00001-of-00002.safetensors").entry("model.embed_tokens.weight")
+    assert entry.dtype == "BF16" and entry.shape == (len(plan.kept_ids), 8)
+    assert np.array_equal(read_rows(entry), read_rows(source)[plan.kept_ids])
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == plan.totals()["bytes_after"]
+    assert set(index["weight_map"]) == {a.name for a in plan.tensor_actions()}
+    record = json.loads((tmp_path / "out" / "surgery_trim.json").read_text())
+    assert record["old_ids"] == plan.kept_ids.tolist()

@@ -1,0 +1,47 @@
+"""trim verifies its output before moving it into place: a wrong byte means exit 3 and no output."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import KEEP
+from surgery import execute
+from surgery.cli import cli
+from test_cli import leftovers
+
+
+def test_corrupted_rows_are_caught_before_the_rename(runner, copy_fixture, tmp_path, monkeypatch):
+    real_gather = execute._gather
+
+    def wrong_rows(fd_in, fd_out, entry, action, row_source):
+        real_gather(fd_in, fd_out, entry, action, row_source[::-1].copy())
+
+    monkeypatch.setattr(execute, "_gather", wrong_rows)
+    src = copy_fixture("llama-untied")
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["trim", str(src), "--keep", str(KEEP / "basic.txt"), "-o", str(out), "-q"])
+    assert result.exit_code == 3
+    assert result.stderr == ("Error: output model.safetensors: rows of 'lm_head.weight' differ from their source "
+                             "rows\n")
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_a_tokenizer_that_names_wrong_tokens_is_caught(runner, copy_fixture, tmp_path, monkeypatch):
+    from surgery.tokenizer_files.hf_json import HfTokenizerJson
+
+    real_rewrite = HfTokenizerJson.rewrite
+
+    def swapped(self, old_to_new):
+        text, dropped = real_rewrite(self, old_to_new)
+        data = json.loads(text)
+        first, second = list(data["model"]["vocab"])[:2]
+        vocab = data["model"]["vocab"]
+        vocab[first], vocab[second] = vocab[second], vocab[first]
+        return json.dumps(data), dropped
+
+    monkeypatch.setattr(HfTokenizerJson, "rewrite", swapped)
+    src = copy_fixture("llama-untied")
+    result = runner.invoke(cli, ["trim", str(src), "--keep", str(KEEP / "basic.txt"), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 3
+    assert result.stderr.splitlines()[-1].startswith("Error: output tokenizer.json: new id 0 is ")
+    assert not (tmp_path / "o").exists()
