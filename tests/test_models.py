@@ -40,6 +40,7 @@ class Arch:
     seq2seq: bool = False
     encoder_only: bool = False  # compare hidden states, no vocab logits
     overrides: dict = field(default_factory=dict)  # set after construction (T5 configs force tying in __init__)
+    audio: bool = False  # whisper: the encoder reads input_features, the decoder the ids
 
 
 ARCHS = [
@@ -82,6 +83,16 @@ ARCHS = [
          dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
               encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
               pad_token_id=0, decoder_start_token_id=0, forced_eos_token_id=0), seq2seq=True, expect_tied=True),
+    Arch("whisper", "WhisperConfig", "WhisperForConditionalGeneration", "bpe-bytelevel-gpt2",
+         dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+              encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=8, max_source_positions=16,
+              max_target_positions=64, pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=0),
+         seq2seq=True, audio=True, expect_tied=True),
+    Arch("llava", "LlavaConfig", "LlavaForConditionalGeneration", "sp-bpe-llama",
+         dict(vision_config=dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
+              text_config=dict(model_type="llama", **TINY, tie_word_embeddings=False), image_token_index=5),
+         expect_tied=False),
 ]
 
 
@@ -89,7 +100,11 @@ def build(arch: Arch, root: Path) -> tuple[Path, int]:
     """Save a tiny random model with its tokenizer; return the folder and the tokenizer size."""
     tok_dir = TOKENIZERS / arch.tokenizer
     n_tokens = tokenizers.Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
-    config = getattr(transformers, arch.config)(vocab_size=n_tokens + arch.extra_rows, **arch.kwargs)
+    if arch.model.startswith("Llava"):  # the vocabulary lives in the text config
+        kwargs = {**arch.kwargs, "text_config": {**arch.kwargs["text_config"], "vocab_size": n_tokens}}
+        config = getattr(transformers, arch.config)(**kwargs)
+    else:
+        config = getattr(transformers, arch.config)(vocab_size=n_tokens + arch.extra_rows, **arch.kwargs)
     for key, value in arch.overrides.items():
         setattr(config, key, value)
     torch.manual_seed(0)
@@ -160,7 +175,12 @@ def test_trimmed_model_gives_the_same_logits(arch, tmp_path):
         assert trimmed_tok(text).input_ids == new_ids, text
         old_in, new_in = torch.tensor([ids]), torch.tensor([new_ids])
         with torch.no_grad():
-            if arch.seq2seq:
+            if arch.audio:
+                features = torch.randn(1, original.config.num_mel_bins, 2 * original.config.max_source_positions,
+                                       generator=torch.Generator().manual_seed(0))
+                old_out = original(input_features=features, decoder_input_ids=old_in)
+                new_out = trimmed(input_features=features, decoder_input_ids=new_in)
+            elif arch.seq2seq:
                 start = original.config.decoder_start_token_id
                 old_out = original(input_ids=old_in, decoder_input_ids=torch.tensor([[start] + ids[:-1]]))
                 new_out = trimmed(input_ids=new_in, decoder_input_ids=torch.tensor([[old_to_new[start]] + new_ids[:-1]]))
