@@ -213,6 +213,13 @@ def complete_kept_set(config: dict, generation: dict | None, tokenizer: Tokenize
         config_ids |= {i for ids in named_token_ids(generation, n_rows).values() for i in ids}
     kept = set(user_ids) | config_ids
     additions = [("config token ids", len(config_ids - set(user_ids)))]
+    no_timestamps = (generation or {}).get("no_timestamps_token_id")
+    if type(no_timestamps) is int and 0 <= no_timestamps < n_rows:
+        # whisper: every id after no_timestamps_token_id is a timestamp (generation computes them by offset),
+        # so the block stays whole, and last
+        timestamps = set(range(no_timestamps, tokenizer.size())) - kept
+        kept |= timestamps
+        additions.append(("whisper timestamps", len(timestamps)))
     for rule, ids in tokenizer.required_by_rule(kept):
         kept |= ids
         additions.append((rule, len(ids)))

@@ -75,3 +75,16 @@ def test_other_weight_formats_are_not_carried(copy_fixture):
     plan = make_plan(root)
     assert plan.skipped == ("pytorch_model.bin",) and "README.md" in plan.copied
     assert any("not carried" in line for line in plan.describe().splitlines())
+
+
+def test_whisper_timestamp_block_stays_whole_and_last(copy_fixture):
+    root = copy_fixture("llama-untied")
+    generation = json.loads((root / "generation_config.json").read_text())
+    generation["no_timestamps_token_id"] = 650
+    (root / "generation_config.json").write_text(json.dumps(generation))
+    plan = make_plan(root)
+    kept = plan.kept_ids.tolist()
+    assert kept[-53:] == list(range(650, 703))
+    assert dict(plan.additions)["whisper timestamps"] == 53 - 2  # 650 and 702 are config ids, kept already
+    patched = json.loads(plan.files["generation_config.json"])
+    assert patched["no_timestamps_token_id"] == len(kept) - 53
