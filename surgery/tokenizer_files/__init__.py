@@ -69,7 +69,12 @@ class TokenizerFiles:
         if self.hf is not None:
             return self.hf.token_to_id()
         mapping = {piece: index for index, piece in enumerate(self.sp.pieces())}
-        decoder = self.side.get(TOKENIZER_CONFIG, {}).get("added_tokens_decoder") or {}
+        config = self.side.get(TOKENIZER_CONFIG) or {}
+        extra_ids = config.get("extra_ids")
+        if type(extra_ids) is int:  # T5: <extra_id_N> come after the pieces, in reverse order
+            n_pieces = len(mapping)
+            mapping.update({f"<extra_id_{n}>": n_pieces + extra_ids - 1 - n for n in range(extra_ids)})
+        decoder = config.get("added_tokens_decoder") or {}
         for key, info in decoder.items():
             if isinstance(info, dict) and "content" in info:
                 mapping.setdefault(info["content"], int(key))

@@ -194,3 +194,38 @@ def test_without_whitespace_piece_spaces_decode_as_a_literal_mark(tmp_path, monk
     run_cli(["trim", src, "--keep", write_keep(tmp_path / "ids.txt", inner), "-o", out, "-q"])
     trimmed = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
     assert "\u2581" in trimmed.decode(trimmed.encode("a b c").ids)
+
+
+@pytest.mark.parametrize("kind", ["sp-bpe-llama", "sp-unigram-t5"])
+def test_sentencepiece_only_checkpoint(kind, tmp_path):
+    """No tokenizer.json: the SentencePiece model alone is the authority (T5 sentinels from extra_ids)."""
+    import json
+
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    src = tokenizer_checkpoint(kind, tmp_path / "src")
+    (src / "tokenizer.json").unlink()
+    name = SP_FILES[kind]
+    original = sentencepiece.SentencePieceProcessor(model_file=str(src / name))
+    ids = [i for enc in original.encode(corpus_lines("train.txt")[:300]) for i in enc]
+    keep = write_keep(tmp_path / "ids.txt", [i for i, _ in Counter(ids).most_common(original.get_piece_size() // 2)])
+    out = tmp_path / "out"
+    run_cli(["trim", src, "--keep", keep, "-o", out, "-q"])
+    old_ids = json.loads((out / "surgery_trim.json").read_text())["old_ids"]
+    old_to_new = {old: new for new, old in enumerate(old_ids)}
+    trimmed = sentencepiece.SentencePieceProcessor(model_file=str(out / name))
+    compared = 0
+    for text in heldout_segments():
+        old = original.encode(text)
+        if all(i in old_to_new for i in old):
+            compared += 1
+            assert trimmed.encode(text) == [old_to_new[i] for i in old], text
+    assert compared >= 300
+    hf_original, hf_trimmed = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(out)
+    if kind == "sp-unigram-t5":
+        assert hf_trimmed.convert_tokens_to_ids("<extra_id_0>") == old_to_new[hf_original.convert_tokens_to_ids("<extra_id_0>")]
+    for text in heldout_segments()[:400]:
+        old = hf_original(text).input_ids
+        if all(i in old_to_new for i in old):
+            assert hf_trimmed(text).input_ids == [old_to_new[i] for i in old], text
