@@ -94,7 +94,7 @@ def patch_config(file: str, config: dict, old_to_new: np.ndarray, new_vocab_size
             elif key in NOT_IDS:
                 continue
             elif TOKEN_ID_KEY.fullmatch(key):
-                new = _map_nested(value, old_to_new, drop=False)
+                new = _map_nested(value, old_to_new)
             elif key == "forced_decoder_ids" and isinstance(value, list):
                 new = [[pair[0], _map_id(pair[1], old_to_new)] for pair in value]
             elif key in DROPPABLE_ID_LISTS and isinstance(value, list):
@@ -104,7 +104,7 @@ def patch_config(file: str, config: dict, old_to_new: np.ndarray, new_vocab_size
             elif key in DROPPABLE_ID_MAPS and isinstance(value, dict):
                 new = {k: _map_id(v, old_to_new) for k, v in value.items() if not _dropped(v, old_to_new)}
             elif key == "sequence_bias" and isinstance(value, list):
-                new = [[_map_nested(ids, old_to_new, drop=False), bias] for ids, bias in value
+                new = [[_map_nested(ids, old_to_new), bias] for ids, bias in value
                        if not any(_dropped(v, old_to_new) for v in ids)]
             else:
                 continue
@@ -128,9 +128,9 @@ def _map_id(value: object, old_to_new: np.ndarray):
     return new_id
 
 
-def _map_nested(value, old_to_new: np.ndarray, *, drop: bool):
+def _map_nested(value, old_to_new: np.ndarray):
     if isinstance(value, list):
-        return [_map_nested(v, old_to_new, drop=drop) for v in value]
+        return [_map_nested(v, old_to_new) for v in value]
     return _map_id(value, old_to_new)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.config import vocab_size_keys
 from surgery.errors import CheckpointError, VerifyError
 from surgery.plan import TrimPlan
 from surgery.safetensors_io import pread_rows, read_header
@@ -81,10 +82,13 @@ def _edges(entry) -> bytes:
 
 def _check_config(plan: TrimPlan, out: Path) -> str:
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    if config.get("vocab_size", plan.new_rows) != plan.new_rows and (config.get("text_config") or {}).get(
-        "vocab_size", plan.new_rows
-    ) != plan.new_rows:
-        raise VerifyError(f"output config.json: vocab_size is not the {plan.new_rows} rows written")
+    old_keys = vocab_size_keys(json.loads((plan.src / "config.json").read_text(encoding="utf-8")), plan.n_rows)
+    try:
+        new_keys = vocab_size_keys(config, plan.new_rows)
+    except CheckpointError as e:
+        raise VerifyError(f"output {e}") from e
+    if old_keys and new_keys != old_keys:
+        raise VerifyError(f"output config.json: {', '.join(old_keys)} must all be the {plan.new_rows} rows written")
     return f"config.json vocab_size = {plan.new_rows}"
 
 
