@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -339,12 +340,17 @@ class _progress_bar:
         self.total, self.done, self.last = total, 0, 0.0
         self.enabled = not quiet and sys.stderr.isatty()
         self.started = time.monotonic()
+        self.lock = threading.Lock()  # shards are written by two threads
 
     def __enter__(self):
         return self.update
 
     def update(self, nbytes: int) -> None:
-        self.done += nbytes
+        with self.lock:
+            self.done += nbytes
+            self._draw()
+
+    def _draw(self) -> None:
         now = time.monotonic()
         if self.enabled and (now - self.last > 0.2 or self.done >= self.total):
             self.last = now

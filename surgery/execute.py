@@ -70,19 +70,20 @@ def _write_one(plan: TrimPlan, shard: ShardPlan, out: Path, link_unchanged: bool
     if shard.changed:
         _write_shard(plan, shard, src, out / shard.name, progress)
     else:
-        _copy_unchanged(src, out / shard.name, link_unchanged)
-        progress(src.stat().st_size)
+        _copy_unchanged(src, out / shard.name, link_unchanged, progress)
 
 
-def _copy_unchanged(src: Path, dst: Path, link: bool) -> None:
+def _copy_unchanged(src: Path, dst: Path, link: bool, progress: Progress) -> None:
     """A shard with no vocab tensor is the same file: copy it whole (or hardlink it on request)."""
     if link:
         try:
             os.link(src, dst)
+            progress(src.stat().st_size)
             return
         except OSError as e:  # other filesystem, or links not allowed: fall back to a copy
             LOG.info("hardlink of %s failed (%s); copying", src.name, e.strerror)
-    shutil.copyfile(src, dst)
+    with open(src, "rb") as source, open(dst, "wb") as target:
+        _copy_range(source.fileno(), target.fileno(), 0, os.fstat(source.fileno()).st_size, progress)
 
 
 def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progress: Progress) -> None:
@@ -96,14 +97,15 @@ def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progres
         for spec in writer.write_header():
             action, entry = actions[spec.name], entries[spec.name]
             if action.action == "copy":
-                writer.write_tensor(spec.name, lambda fd_out: _copy_range(fd_in, fd_out, entry.begin, entry.nbytes))
+                writer.write_tensor(spec.name, lambda fd_out: _copy_range(fd_in, fd_out, entry.begin, entry.nbytes,
+                                                                          progress))
             else:
                 writer.write_tensor(spec.name, lambda fd_out: _gather(fd_in, fd_out, entry, action, plan.row_source))
-            progress(action.new_nbytes)
+                progress(action.new_nbytes)
     writer.close()
 
 
-def _copy_range(fd_in: int, fd_out: int, begin: int, nbytes: int) -> None:
+def _copy_range(fd_in: int, fd_out: int, begin: int, nbytes: int, progress: Progress) -> None:
     """Kernel-side copy where the OS allows it (copy_file_range), else read and write in chunks."""
     offset, remaining = begin, nbytes
     while remaining:
@@ -117,6 +119,7 @@ def _copy_range(fd_in: int, fd_out: int, begin: int, nbytes: int) -> None:
             copied = len(chunk)
         offset += copied
         remaining -= copied
+        progress(copied)
 
 
 def _gather(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorAction, row_source: np.ndarray) -> None:
