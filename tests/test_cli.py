@@ -224,6 +224,31 @@ def test_vocab_tensor_errors(runner, copy_fixture):
     keep = ["--keep", KEEP / "basic.txt"]
     src = copy_fixture("llama-untied")
     refuse(runner, src, [*keep, "--vocab-tensor", "nope.weight"], 2, "--vocab-tensor: no tensor 'nope.weight' in the checkpoint")
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "vocab_size": 5}))
+    raw = (src / "model.safetensors").read_bytes()
+    (src / "model.safetensors").write_bytes(raw.replace(b"embed_tokens", b"tok_embeddin").replace(b"lm_head", b"lm_tail"))
+    refuse(runner, src, keep, 1, "llama-untied: no vocabulary tensor found (config vocab_size 5; largest 2-D tensors: "
+                                 "'lm_tail.weight' [703, 8], 'model.tok_embeddin.weight' [703, 8], "
+                                 "'model.layers.0.mlp.down_proj.weight' [8, 16])")
+
+
+def test_packed_dtype_vocab_tensor_is_refused(runner, tmp_path):
+    """final_logits_bias [1, V] in F4: one vocab entry is half a byte, so its rows cannot be gathered as bytes."""
+    from surgery.safetensors_io import ShardWriter, TensorSpec, read_header, read_rows, write_all
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "fixtures" / "bart-logits-bias", src)
+    entries = {e.name: e for e in read_header(src / "model.safetensors").entries}
+    data = {name: read_rows(e).tobytes() for name, e in entries.items() if name != "final_logits_bias"}
+    writer = ShardWriter(src / "model.safetensors")
+    for name, e in entries.items():
+        writer.add(TensorSpec(name, "F4", (1, 700)) if name == "final_logits_bias" else TensorSpec(name, e.dtype, e.shape))
+    for spec in writer.write_header():
+        writer.write_tensor(spec.name, lambda fd, n=spec.name: write_all(fd, data.get(n, bytes(350))))
+    writer.close()
+    refuse(runner, src, ["--keep", KEEP / "basic.txt"], 1,
+           "model.safetensors: tensor 'final_logits_bias' has F4, a packed dtype, rows are not byte-addressable")
 
 
 def test_tokenizer_errors(runner, copy_fixture):
@@ -240,6 +265,14 @@ def test_tokenizer_errors(runner, copy_fixture):
     (src / "tokenizer.json").unlink()
     refuse(runner, src, keep, 1, f"{src}: no tokenizer; need tokenizer.json or a SentencePiece model "
                                  "(tokenizer.model, spiece.model, sentencepiece.bpe.model, sentencepiece.model)")
+    (src / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    refuse(runner, src, keep, 1, f"{src}: only vocab.txt, which surgery does not rewrite alone; need tokenizer.json "
+                                 "or a SentencePiece model (tokenizer.model, spiece.model, sentencepiece.bpe.model, "
+                                 "sentencepiece.model)")
+    (src / "tokenizer.json").write_bytes(b"\xff\xfe not utf-8")
+    refuse(runner, src, keep, 1, "tokenizer.json: cannot read: 'utf-8' codec can't decode byte 0xff in position 0: "
+                                 "invalid start byte")
+    (src / "tokenizer.json").unlink()
     t5 = copy_fixture("t5-sentencepiece")
     (t5 / "spiece.model").write_bytes(b"\xff\xff garbage")
     refuse(runner, t5, keep, 1, "spiece.model: not a SentencePiece model (DecodeError)")

@@ -210,3 +210,23 @@ def test_trimmed_tokenizer_matches_in_transformers(tmp_path):
     assert lines
     for line in lines:
         assert trimmed_tok(line).input_ids == [old_to_new[t] for t in original_tok(line).input_ids]
+
+
+def test_padding_rows_are_never_the_argmax(tmp_path):
+    """--pad-to-multiple-of: padding rows copy a kept token's row, so they tie with it and lose every argmax."""
+    arch = next(a for a in ARCHS if a.name == "llama")
+    src, _ = build(arch, tmp_path / "src")
+    keep = write_keep(tmp_path / "ids.txt", keep_ids(TOKENIZERS / arch.tokenizer))
+    out = tmp_path / "out"
+    run_cli(["trim", src, "--keep", keep, "-o", out, "--pad-to-multiple-of", "128", "-q"])
+    record = json.loads((out / "surgery_trim.json").read_text())
+    n_kept, n_rows = len(record["old_ids"]), record["new_vocab_rows"]
+    assert n_rows % 128 == 0 and n_rows > n_kept
+    model = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    source = record["old_ids"].index(record["padding_row_source_id"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        logits = model(input_ids=torch.randint(0, n_kept, (4, 32))).logits
+    assert logits.shape[-1] == n_rows
+    assert int(logits.argmax(-1).max()) < n_kept
+    torch.testing.assert_close(logits[..., n_kept:], logits[..., source : source + 1].expand(-1, -1, n_rows - n_kept))
