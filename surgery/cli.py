@@ -121,19 +121,17 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
         surgery trim ckpt/ --keep ids.txt -o ckpt-small/
         surgery trim ckpt/ --keep ids.txt --dry-run --json
     """
-    ckpt_ = Checkpoint.open(ckpt)
-    vocab = find_vocab_tensors(ckpt_, vocab_tensors)
+    out = output if output is not None else ckpt.parent / f"{ckpt.resolve().name}-trimmed"
+    if not dry_run:
+        _check_output(ckpt, out, force)  # before any work: a refusal should not wait for the plan
+    checkpoint = Checkpoint.open(ckpt)
+    vocab = find_vocab_tensors(checkpoint, vocab_tensors)
     tokenizer = TokenizerFiles.load(ckpt)
     keep = KeepList.load(keep_path, vocab.n_rows)
-    plan = plan_trim(ckpt_, vocab, tokenizer, keep, pad_to_multiple_of=pad_to_multiple_of)
+    plan = plan_trim(checkpoint, vocab, tokenizer, keep, pad_to_multiple_of=pad_to_multiple_of)
     if dry_run:
-        if as_json:
-            click.echo(json.dumps(plan.to_json(), indent=2))
-        else:
-            click.echo(plan.describe())
+        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
         return
-    out = output if output is not None else ckpt.parent / f"{ckpt.resolve().name}-trimmed"
-    _check_output(ckpt, out, force)
     if not quiet:
         click.echo(plan.describe(), err=True)
     started = time.monotonic()
@@ -165,13 +163,13 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
         surgery inspect ckpt/
         surgery inspect ckpt/ --keep ids.txt --json
     """
-    ckpt_ = Checkpoint.open(ckpt)
-    vocab = find_vocab_tensors(ckpt_, vocab_tensors)
+    checkpoint = Checkpoint.open(ckpt)
+    vocab = find_vocab_tensors(checkpoint, vocab_tensors)
     tokenizer = TokenizerFiles.load(ckpt)
-    report = inspect_checkpoint(ckpt_, vocab, tokenizer)
+    report = inspect_checkpoint(checkpoint, vocab, tokenizer)
     plan = None
     if keep_path is not None:
-        plan = plan_trim(ckpt_, vocab, tokenizer, KeepList.load(keep_path, vocab.n_rows))
+        plan = plan_trim(checkpoint, vocab, tokenizer, KeepList.load(keep_path, vocab.n_rows))
         report["plan"] = plan.to_json()
     if as_json:
         click.echo(json.dumps(report, indent=2))
