@@ -68,13 +68,14 @@ def vocab_size_keys(config: dict, n_rows: int) -> list[str]:
     if not keys and other:
         first = other[0]
         raise CheckpointError(
-            f"config.json: {first} is {_get(config, first)} but the embedding has {n_rows} rows",
+            f"config.json: {first} is {get_dotted(config, first)} but the embedding has {n_rows} rows",
             hint="the config does not describe these weights; fix config.json or name the tensors with --vocab-tensor",
         )
     return keys
 
 
-def _get(config: dict, dotted: str):
+def get_dotted(config: dict, dotted: str):
+    """The value at a dotted key such as "text_config.vocab_size"."""
     node = config
     for part in dotted.split("."):
         node = node[part]

@@ -6,7 +6,7 @@ import math
 from collections import defaultdict
 
 from surgery.checkpoint import Checkpoint
-from surgery.config import named_token_ids, vocab_size_keys
+from surgery.config import get_dotted, named_token_ids, vocab_size_keys
 from surgery.safetensors_io import DTYPE_BITS
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.vocab_tensors import VocabTensors
@@ -23,7 +23,7 @@ def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: Tokeniz
         shards.append({"name": shard.path.name, "tensors": len(shard.entries),
                        "nbytes": sum(e.nbytes for e in shard.entries)})
     size = tokenizer.size()
-    config_keys = {key: _get(ckpt.config, key) for key in vocab_size_keys(ckpt.config, vocab.n_rows)}
+    config_keys = {key: get_dotted(ckpt.config, key) for key in vocab_size_keys(ckpt.config, vocab.n_rows)}
     return {
         "source": str(ckpt.root),
         "shards": shards,
@@ -41,12 +41,6 @@ def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: Tokeniz
         "config": {"vocab_size_keys": config_keys, "token_ids": named_token_ids(ckpt.config, vocab.n_rows)},
         "notes": list(vocab.notes),
     }
-
-
-def _get(config: dict, dotted: str):
-    for part in dotted.split("."):
-        config = config[part]
-    return config
 
 
 def render(report: dict) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 from surgery.config import vocab_size_keys
 from surgery.errors import CheckpointError, VerifyError
 from surgery.plan import TrimPlan
-from surgery.safetensors_io import pread_rows, read_header
+from surgery.safetensors_io import read_header
 from surgery.tokenizer_files import SP_MODEL_NAMES, TOKENIZER_JSON, TokenizerFiles
 
 SAMPLE_ROWS = 64
@@ -62,14 +62,11 @@ def _sampled_rows(entry, axis: int, rows: np.ndarray) -> bytes:
     """The given rows along the vocab axis, read with pread: a memmap would fault in whole readahead windows."""
     row_nbytes = entry.row_nbytes(axis)
     outer = int(np.prod(entry.shape[:axis]))
-    buffer = bytearray(outer * len(rows) * row_nbytes)
     with open(entry.path, "rb") as f:
-        for outer_index in range(outer):
-            base = entry.begin + outer_index * entry.shape[axis] * row_nbytes
-            part = memoryview(buffer)[outer_index * len(rows) * row_nbytes : (outer_index + 1) * len(rows) * row_nbytes]
-            for position, row in enumerate(rows.tolist()):  # rows may repeat or go backwards: one pread each
-                pread_rows(f.fileno(), base, row_nbytes, np.array([row]), part[position * row_nbytes : (position + 1) * row_nbytes])
-    return bytes(buffer)
+        return b"".join(
+            os.pread(f.fileno(), row_nbytes, entry.begin + (outer_index * entry.shape[axis] + row) * row_nbytes)
+            for outer_index in range(outer) for row in rows.tolist()
+        )
 
 
 def _edges(entry) -> bytes:

@@ -24,6 +24,7 @@ ADDED_TOKENS_JSON = "added_tokens.json"
 VOCAB_TXT = "vocab.txt"
 VOCAB_JSON = "vocab.json"
 MERGES_TXT = "merges.txt"
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # transformers v5 writes templates apart
 NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 LIST_SPECIALS = ("additional_special_tokens", "extra_special_tokens")
 
@@ -56,7 +57,7 @@ class TokenizerFiles:
         for name in (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, ADDED_TOKENS_JSON, VOCAB_JSON):
             if (root / name).exists():
                 side[name] = load_json(root / name)
-        for name in (VOCAB_TXT, MERGES_TXT):
+        for name in (VOCAB_TXT, MERGES_TXT, *CHAT_TEMPLATE_FILES):
             if (root / name).exists():
                 side[name] = _read_text(root / name).split("\n")
         files = cls(root, hf, sp, sp_name, side)
@@ -128,13 +129,17 @@ class TokenizerFiles:
                 names.update(_token_strings(config.get(key)))
             for key in LIST_SPECIALS:
                 names.update(_token_strings(config.get(key)))
-        template = _chat_template_text(self.side.get(TOKENIZER_CONFIG) or {})
+        template = _chat_template_text(self.side.get(TOKENIZER_CONFIG) or {}) + "".join(
+            "\n".join(self.side.get(name, [])) for name in CHAT_TEMPLATE_FILES)
         if template:
-            added = [a["content"] for a in self.hf.added_tokens()] if self.hf else list(
-                info.get("content", "") for info in (self.side.get(TOKENIZER_CONFIG, {}).get("added_tokens_decoder") or {}).values()
-            )
-            names.update(content for content in added if content and content in template)
+            names.update(content for content in self._added_contents() if content and content in template)
         return {token_to_id[n] for n in names if n in token_to_id}
+
+    def _added_contents(self) -> list[str]:
+        if self.hf is not None:
+            return [added["content"] for added in self.hf.added_tokens()]
+        decoder = (self.side.get(TOKENIZER_CONFIG) or {}).get("added_tokens_decoder") or {}
+        return [info.get("content", "") for info in decoder.values() if isinstance(info, dict)]
 
     def required_by_rule(self, kept: set[int]) -> list[tuple[str, set[int]]]:
         """Ids the tokenizer needs beside `kept`, rule by rule, each set disjoint from what came before."""

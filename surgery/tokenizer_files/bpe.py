@@ -21,6 +21,11 @@ def bytes_to_unicode() -> dict[int, str]:
 BYTE_LEVEL_ALPHABET: tuple[str, ...] = tuple(bytes_to_unicode().values())
 BYTE_FALLBACK_PIECES: tuple[str, ...] = tuple(f"<0x{byte:02X}>" for byte in range(256))
 
+def merge_result(a: str, b: str, prefix: str) -> str:
+    """The token a merge of (a, b) produces: b loses its continuing_subword_prefix (tokenizers bpe/word.rs)."""
+    return a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
+
+
 PairRank = Callable[[str, str], "tuple[float, str] | None"]  # (rank, merged symbol) or None if no merge
 
 

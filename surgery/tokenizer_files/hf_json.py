@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from surgery.errors import CheckpointError
-from surgery.tokenizer_files.bpe import BYTE_FALLBACK_PIECES, BYTE_LEVEL_ALPHABET, merge_closure
+from surgery.tokenizer_files.bpe import BYTE_FALLBACK_PIECES, BYTE_LEVEL_ALPHABET, merge_closure, merge_result
 
 SUPPORTED_MODELS = ("BPE", "WordPiece", "WordLevel", "Unigram")
 METASPACE = "\u2581"  # "▁", SentencePiece's visible space
@@ -145,7 +145,7 @@ class HfTokenizerJson:
             rank = ranks.get((a, b))
             if rank is None:
                 return None
-            return rank, a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
+            return rank, merge_result(a, b, prefix)
 
         def initial_symbols(token: str) -> list[str]:
             body, ends_word = (token[: -len(suffix)], True) if suffix and token.endswith(suffix) else (token, False)
@@ -239,8 +239,7 @@ def filter_merge_pairs(pairs: list[tuple[str, str]], vocab, prefix: str) -> list
     """Indexes of merges whose two inputs and result are all in `vocab`, in their original order."""
     kept = []
     for index, (a, b) in enumerate(pairs):
-        merged = a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
-        if a in vocab and b in vocab and merged in vocab:
+        if a in vocab and b in vocab and merge_result(a, b, prefix) in vocab:
             kept.append(index)
     return kept
 

@@ -77,3 +77,15 @@ def test_named_specials_and_chat_template_tokens_are_required(tmp_path):
     required = files.named_special_ids()
     for token in ("<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"):
         assert token_to_id[token] in required
+
+
+def test_added_tokens_in_a_separate_chat_template_file_are_required(tmp_path):
+    root = copy_tokenizer("bpe-bytelevel-llama3", tmp_path)
+    data = json.loads((root / "tokenizer.json").read_text())
+    new_id = max(a["id"] for a in data["added_tokens"]) + 1
+    data["added_tokens"].append({"id": new_id, "content": "<tool_call>", "special": False, "single_word": False,
+                                 "lstrip": False, "rstrip": False, "normalized": False})
+    (root / "tokenizer.json").write_text(json.dumps(data))
+    assert new_id not in TokenizerFiles.load(root).named_special_ids()
+    (root / "chat_template.jinja").write_text("{% if tools %}<tool_call>{% endif %}")
+    assert new_id in TokenizerFiles.load(root).named_special_ids()
