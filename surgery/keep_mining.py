@@ -66,18 +66,19 @@ def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text"
     def final(ids: set[int]) -> tuple[set[int], list[tuple[str, int]]]:
         return complete_kept_set(ckpt.config, generation, tokenizer, ids, vocab.n_rows)
 
-    def size_of(ids: set[int]) -> int:
-        return len(final(ids)[0])
+    def final_set(ids: set[int]) -> set[int]:
+        return final(ids)[0]
 
+    closure = tokenizer.closure_builder()
     if size is not None:
-        selected = select_size(ranking, size, forced, size_of, n_ids)
+        selected = select_size(ranking, size, forced, final_set, closure, n_ids)
     else:
         selected = forced | (select_coverage(ranking, coverage) if coverage is not None else
                              select_min_count(ranking, min_count) if min_count is not None else
                              select_top_k(ranking, top_k))
         if pad_to_multiple_of:
-            target = math.ceil(size_of(selected) / pad_to_multiple_of) * pad_to_multiple_of
-            selected = select_size(ranking, min(target, n_ids), selected, size_of, n_ids)
+            target = math.ceil(len(final_set(selected)) / pad_to_multiple_of) * pad_to_multiple_of
+            selected = select_size(ranking, min(target, n_ids), selected, final_set, closure, n_ids)
     kept, additions = final(selected)
     return _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, chosen_modes[0],
                    modes[chosen_modes[0]])

@@ -14,7 +14,8 @@ import numpy as np
 from surgery.errors import InputError
 from surgery.token_counts import CorpusCounts
 
-SizeOf = Callable[[set[int]], int]  # final vocabulary rows after trim for a set of requested ids
+FinalSet = Callable[[set[int]], set[int]]  # the final kept set for a set of requested ids
+Closure = Callable[[set[int]], set[int]]  # the ids that a set of ids needs (merge or Unigram rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,38 +62,33 @@ def select_coverage(ranking: Ranking, fraction: float) -> set[int]:
     return select_top_k(ranking, k)
 
 
-def select_size(ranking: Ranking, target: int, forced: set[int], size_of: SizeOf, n_ids: int) -> set[int]:
+def select_size(ranking: Ranking, target: int, forced: set[int], final_set: FinalSet, closure: Closure,
+                n_ids: int) -> set[int]:
     """Requested ids such that the trimmed vocabulary has exactly `target` rows, additions included.
 
-    The final size grows monotonically with the number of top-ranked ids, so a binary search finds the
-    largest prefix that fits; then further ids (ranked, then unseen ones in id order) are tried one by one
-    until the size is exact.
+    Ids are taken best-ranked first (then unseen ids, in id order), each with what it needs (`closure`); one
+    whose needs would overshoot the target is passed over, so the size is met exactly. The closure of a set
+    is the union of its members' closures, so the running total is the final size; final_set confirms it.
     """
-    minimum = size_of(set(forced))
-    if target < minimum:
-        raise InputError(f"--size {target} is below the {minimum} rows that must stay "
+    kept = final_set(set(forced))
+    if len(kept) > target:
+        raise InputError(f"--size {target} is below the {len(kept)} rows that must stay "
                          "(special tokens, byte tokens, config ids, forced ids)")
-    candidates = ranking.order.tolist()
-    low, high = 0, len(candidates)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if size_of(forced | set(candidates[:middle])) <= target:
-            low = middle
-        else:
-            high = middle - 1
-    chosen = forced | set(candidates[:low])
-    size = size_of(chosen)
-    seen = set(candidates)
-    rest = candidates[low:] + [i for i in range(n_ids) if i not in seen]
-    for old_id in rest:
-        if size == target:
+    chosen = set(forced)
+    seen = set(ranking.order.tolist())
+    candidates = ranking.order.tolist() + [i for i in range(n_ids) if i not in seen]
+    for old_id in candidates:
+        if len(kept) == target:
             break
-        if old_id in chosen:
-            continue
-        trial = size_of(chosen | {old_id})
-        if trial <= target:
+        if old_id in kept:
             chosen.add(old_id)
-            size = trial
-    if size != target:
-        raise InputError(f"--size {target} cannot be met exactly: the tokenizer has only {size} rows to offer")
+            continue
+        needed = ({old_id} | closure({old_id})) - kept
+        if len(kept) + len(needed) <= target:
+            kept |= needed
+            chosen.add(old_id)
+    if len(kept) != target:
+        raise InputError(f"--size {target} cannot be met exactly: the tokenizer has only {len(kept)} rows to offer")
+    final = len(final_set(chosen))
+    assert final == target, f"select_size: running total {target} but the final set has {final} rows"
     return chosen

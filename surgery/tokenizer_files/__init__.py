@@ -167,14 +167,25 @@ class TokenizerFiles:
         if self.sp is not None:
             whitespace |= {piece_ids[index] for index in self.sp.whitespace_pieces()}
         add("whitespace piece", whitespace)
-        closure = self.hf.closure_ids(kept) if self.hf else set()
-        if self.sp is not None:
-            model_to_piece = {model_id: index for index, model_id in enumerate(piece_ids)}
-            kept_pieces = {model_to_piece[m] for m in kept if m in model_to_piece}
-            closure |= {piece_ids[index] for index in self.sp.closure_pieces(kept_pieces)}
         kind = (self.hf.kind if self.hf else {1: "Unigram", 2: "BPE"}[self.sp.proto.trainer_spec.model_type])
-        add("unigram characters and lowest piece" if kind == "Unigram" else "merge closure", closure)
+        add("unigram characters and lowest piece" if kind == "Unigram" else "merge closure",
+            self.closure_builder()(kept))
         return rules
+
+    def closure_builder(self):
+        """ids -> the ids the tokenizer's merges or Unigram pieces need for them; a union over members."""
+        hf_closure = self.hf.closure_builder() if self.hf is not None else (lambda kept: set())
+        if self.sp is None:
+            return hf_closure
+        piece_ids = self.piece_to_model_id()
+        model_to_piece = {model_id: index for index, model_id in enumerate(piece_ids)}
+        sp_closure = self.sp.closure_builder()
+
+        def closure(kept: set[int]) -> set[int]:
+            kept_pieces = {model_to_piece[m] for m in kept if m in model_to_piece}
+            return hf_closure(kept) | {piece_ids[index] for index in sp_closure(kept_pieces)}
+
+        return closure
 
     # ---- rewrite ------------------------------------------------------------------------------------
 

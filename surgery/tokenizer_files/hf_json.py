@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,13 +130,20 @@ class HfTokenizerJson:
 
     def closure_ids(self, kept: set[int]) -> set[int]:
         """BPE: merge intermediates of kept tokens. Unigram: single characters of kept pieces + lowest piece."""
-        if self.kind == "BPE":
-            return self._bpe_closure(kept)
-        if self.kind == "Unigram":
-            return self._unigram_support(kept)
-        return set()
+        return self.closure_builder()(kept)
 
-    def _bpe_closure(self, kept: set[int]) -> set[int]:
+    def closure_builder(self) -> Callable[[set[int]], set[int]]:
+        """A function ids -> the ids they need, with the tables built once (keep --size calls it per token).
+
+        The result for a set is the union of the results for its members.
+        """
+        if self.kind == "BPE":
+            return self._bpe_closure_builder()
+        if self.kind == "Unigram":
+            return self._unigram_support_builder()
+        return lambda kept: set()
+
+    def _bpe_closure_builder(self) -> Callable[[set[int]], set[int]]:
         vocab: dict[str, int] = self.model["vocab"]
         prefix = self.model.get("continuing_subword_prefix") or ""
         suffix = self.model.get("end_of_word_suffix") or ""
@@ -157,21 +165,27 @@ class HfTokenizerJson:
             return symbols
 
         id_to_token = {old_id: token for token, old_id in vocab.items()}
-        tokens = [id_to_token[old_id] for old_id in kept if old_id in id_to_token]
-        needed = merge_closure(tokens, initial_symbols, pair_rank)
-        return {vocab[s] for s in needed if s in vocab}
 
-    def _unigram_support(self, kept: set[int]) -> set[int]:
+        def closure(kept: set[int]) -> set[int]:
+            tokens = [id_to_token[old_id] for old_id in kept if old_id in id_to_token]
+            return {vocab[s] for s in merge_closure(tokens, initial_symbols, pair_rank) if s in vocab}
+
+        return closure
+
+    def _unigram_support_builder(self) -> Callable[[set[int]], set[int]]:
         pieces = self.model["vocab"]
         piece_ids = {piece: old_id for old_id, (piece, _score) in enumerate(pieces)}
-        needed = set()
-        for old_id in kept:
-            if old_id < len(pieces):
-                needed.update(piece_ids[ch] for ch in pieces[old_id][0] if ch in piece_ids)
-        if pieces:
-            # the unk score is min_score - 10 (unigram/model.rs): keep the piece that sets min_score
-            needed.add(min(range(len(pieces)), key=lambda old_id: pieces[old_id][1]))
-        return needed
+        # the unk score is min_score - 10 (unigram/model.rs): keep the piece that sets min_score
+        lowest = {min(range(len(pieces)), key=lambda old_id: pieces[old_id][1])} if pieces else set()
+
+        def support(kept: set[int]) -> set[int]:
+            needed = set(lowest)
+            for old_id in kept:
+                if old_id < len(pieces):
+                    needed.update(piece_ids[ch] for ch in pieces[old_id][0] if ch in piece_ids)
+            return needed
+
+        return support
 
     def merge_pairs(self) -> list[tuple[str, str]]:
         pairs = []

@@ -6,6 +6,7 @@ Piece order is the piece id. Types: NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from surgery.errors import CheckpointError
@@ -63,6 +64,10 @@ class SpModel:
 
     def closure_pieces(self, kept: set[int]) -> set[int]:
         """BPE: intermediates by the score rule. Unigram: single characters of kept pieces + lowest NORMAL piece."""
+        return self.closure_builder()(kept)
+
+    def closure_builder(self) -> Callable[[set[int]], set[int]]:
+        """closure_pieces with its tables built once; the result for a set is the union over its members."""
         pieces = self.proto.pieces
         index_of = {p.piece: index for index, p in enumerate(pieces) if p.type in (NORMAL, USER_DEFINED)}
         if self.proto.trainer_spec.model_type == BPE:
@@ -70,17 +75,23 @@ class SpModel:
                 index = index_of.get(a + b)
                 return None if index is None else (-pieces[index].score, a + b)
 
-            tokens = [pieces[index].piece for index in kept if pieces[index].type == NORMAL]
-            return {index_of[s] for s in merge_closure(tokens, list, pair_rank) if s in index_of}
-        needed = set()
-        for index in kept:
-            if pieces[index].type == NORMAL:
-                needed.update(index_of[ch] for ch in pieces[index].piece if ch in index_of)
+            def closure(kept: set[int]) -> set[int]:
+                tokens = [pieces[index].piece for index in kept if pieces[index].type == NORMAL]
+                return {index_of[s] for s in merge_closure(tokens, list, pair_rank) if s in index_of}
+
+            return closure
         normal = [index for index, p in enumerate(pieces) if p.type == NORMAL]
-        if normal:
-            # the unk penalty is min_score - 10 over NORMAL pieces (unigram_model.cc)
-            needed.add(min(normal, key=lambda index: pieces[index].score))
-        return needed
+        # the unk penalty is min_score - 10 over NORMAL pieces (unigram_model.cc)
+        lowest = {min(normal, key=lambda index: pieces[index].score)} if normal else set()
+
+        def support(kept: set[int]) -> set[int]:
+            needed = set(lowest)
+            for index in kept:
+                if pieces[index].type == NORMAL:
+                    needed.update(index_of[ch] for ch in pieces[index].piece if ch in index_of)
+            return needed
+
+        return support
 
     def rewrite(self, kept_pieces: list[int]) -> bytes:
         """A new ModelProto with only `kept_pieces` (sorted), trainer_spec ids and vocab_size updated."""
