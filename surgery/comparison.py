@@ -5,6 +5,7 @@ Used by `surgery verify SRC OUT`. Every row and tensor is read once, in blocks, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from surgery.corpus import CorpusSpec, read_documents
 from surgery.errors import VerifyError
 from surgery.plan import GENERATION_CONFIG, TRIM_RECORD
 from surgery.safetensors_io import TensorEntry, pread_rows
+from surgery.token_counts import batches
 from surgery.tokenizer_files import TOKENIZER_JSON, TokenizerFiles
 from surgery.tokenizer_files.hf_json import filter_merge_pairs
 from surgery.vocab_tensors import find_vocab_tensors
@@ -180,31 +182,39 @@ def _check_corpora(src, out, old_tok, new_tok, old_ids, corpora, max_docs) -> li
     old_to_new = {int(old): new for new, old in enumerate(old_ids)}
     lossless = bool(old_tok.hf.byte_alphabet_ids() or old_tok.hf.byte_fallback_ids())
     docs = compared = decoded = 0
-    mismatches, decode_mismatches = [], []
+    mismatches, decode_mismatches = _Examples(), _Examples()
     for spec in corpora:
-        batch = []
-        for doc in read_documents(spec):
-            batch.append(doc)
-            docs += 1
-            if max_docs and docs >= max_docs:
-                break
-        old_enc, new_enc = original.encode_batch(batch), trimmed.encode_batch(batch)
-        for doc, a, b in zip(batch, old_enc, new_enc):
-            kept = all(i in old_to_new for i in a.ids)
-            if kept:
-                compared += 1
-                if b.ids != [old_to_new[i] for i in a.ids]:
-                    mismatches.append(doc[:80])
-            if kept or lossless:
-                decoded += 1
-                if trimmed.decode(b.ids) != original.decode(a.ids):
-                    decode_mismatches.append(doc[:80])
+        spec = dataclasses.replace(spec, max_docs=spec.max_docs or max_docs)
+        for batch in batches(read_documents(spec)):  # streaming: memory stays flat in corpus size
+            docs += len(batch)
+            for doc, a, b in zip(batch, original.encode_batch(batch), trimmed.encode_batch(batch)):
+                kept = all(i in old_to_new for i in a.ids)
+                if kept:
+                    compared += 1
+                    if b.ids != [old_to_new[i] for i in a.ids]:
+                        mismatches.add(doc)
+                if kept or lossless:
+                    decoded += 1
+                    if trimmed.decode(b.ids) != original.decode(a.ids):
+                        decode_mismatches.add(doc)
     return [
-        Finding("corpus encoding", not mismatches, f"{compared} of {docs} documents fully kept; "
-                f"{len(mismatches)} encode differently", mismatches[:MAX_EXAMPLES]),
-        Finding("corpus decoding", not decode_mismatches, f"{decoded} documents decoded; "
-                f"{len(decode_mismatches)} decode differently", decode_mismatches[:MAX_EXAMPLES]),
+        Finding("corpus encoding", not mismatches.count, f"{compared} of {docs} documents fully kept; "
+                f"{mismatches.count} encode differently", mismatches.first),
+        Finding("corpus decoding", not decode_mismatches.count, f"{decoded} documents decoded; "
+                f"{decode_mismatches.count} decode differently", decode_mismatches.first),
     ]
+
+
+class _Examples:
+    """A count of failures and the first few of them, cut to 80 characters."""
+
+    def __init__(self) -> None:
+        self.count, self.first = 0, []
+
+    def add(self, doc: str) -> None:
+        self.count += 1
+        if len(self.first) < MAX_EXAMPLES:
+            self.first.append(doc[:80])
 
 
 def findings_json(findings: list[Finding]) -> str:

@@ -56,7 +56,7 @@ def count_tokens(encode: Encoder, spec: CorpusSpec, n_ids: int, *, field: str = 
     counts = np.zeros(n_ids, dtype=np.int64)
     documents = nbytes = 0
     docs = read_documents(spec, field=field, whole_files=whole_files)
-    for batch in _batches(docs, max_docs, max_bytes):
+    for batch in batches(docs, max_docs, max_bytes):
         ids = encode(batch)
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
         counts += np.bincount(flat[flat < n_ids], minlength=n_ids)
@@ -68,7 +68,8 @@ def count_tokens(encode: Encoder, spec: CorpusSpec, n_ids: int, *, field: str = 
     return CorpusCounts(spec, counts, documents, nbytes)
 
 
-def _batches(docs: Iterator[str], max_docs: int | None, max_bytes: int | None) -> Iterator[list[str]]:
+def batches(docs: Iterator[str], max_docs: int | None = None, max_bytes: int | None = None) -> Iterator[list[str]]:
+    """Lists of up to BATCH_DOCS documents, stopping at max_docs documents or max_bytes of UTF-8 text."""
     batch: list[str] = []
     seen_docs = seen_bytes = 0
     for doc in docs:

@@ -1,0 +1,56 @@
+"""Checkpoint.open: single and sharded layouts, and every disagreement between index and shards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from surgery.checkpoint import Checkpoint, load_json
+from surgery.errors import CheckpointError
+
+
+def test_single_and_sharded(copy_fixture):
+    single = Checkpoint.open(copy_fixture("llama-untied"))
+    assert single.index_name is None and [s.path.name for s in single.shards] == ["model.safetensors"]
+    sharded = Checkpoint.open(copy_fixture("qwen-tied-sharded"))
+    assert sharded.index_name == "model.safetensors.index.json"
+    assert len(sharded.shards) == 2 and "model.norm.weight" in sharded.tensors()
+
+
+def test_index_disagreements_are_named_separately(copy_fixture):
+    root = copy_fixture("qwen-tied-sharded")
+    index = json.loads((root / "model.safetensors.index.json").read_text())
+    shard1 = "model-00001-of-00002.safetensors"
+
+    def expect(weight_map, message):
+        (root / "model.safetensors.index.json").write_text(json.dumps({**index, "weight_map": weight_map}))
+        with pytest.raises(CheckpointError) as info:
+            Checkpoint.open(root)
+        assert str(info.value) == message
+
+    expect({**index["weight_map"], "x": "gone.safetensors"},
+           "model.safetensors.index.json: names missing shard file(s): gone.safetensors")
+    expect({**index["weight_map"], "x": shard1},
+           f"model.safetensors.index.json: 1 tensor(s) listed but in no shard, e.g. 'x' (index says {shard1})")
+    expect({k: v for k, v in index["weight_map"].items() if k != "model.norm.weight"},
+           "model.safetensors.index.json: 1 tensor(s) in shards but not in the index, e.g. 'model.norm.weight' "
+           "(in model-00002-of-00002.safetensors)")
+    (root / "model.safetensors.index.json").write_text("[]")
+    with pytest.raises(CheckpointError, match="no 'weight_map' object"):
+        Checkpoint.open(root)
+
+
+def test_several_shards_without_an_index(copy_fixture):
+    root = copy_fixture("qwen-tied-sharded")
+    (root / "model.safetensors.index.json").unlink()
+    with pytest.raises(CheckpointError, match="2 .safetensors files but no model.safetensors.index.json"):
+        Checkpoint.open(root)
+
+
+def test_load_json_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="file not found"):
+        load_json(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"a": }')
+    with pytest.raises(CheckpointError, match=r"bad.json: not valid JSON \(line 1: Expecting value\)"):
+        load_json(tmp_path / "bad.json")
