@@ -93,6 +93,12 @@ ARCHS = [
                                  num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
               text_config=dict(model_type="llama", **TINY, tie_word_embeddings=False), image_token_index=5),
          expect_tied=False),
+    Arch("gemma3-multimodal", "Gemma3Config", "Gemma3ForConditionalGeneration", "sp-bpe-llama",
+         dict(text_config=dict(model_type="gemma3_text", **TINY | dict(head_dim=8), sliding_window=16),
+              vision_config=dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
+              mm_tokens_per_image=4, image_token_index=5, boi_token_index=6, eoi_token_index=7),
+         expect_tied=True),
 ]
 
 
@@ -100,7 +106,7 @@ def build(arch: Arch, root: Path) -> tuple[Path, int]:
     """Save a tiny random model with its tokenizer; return the folder and the tokenizer size."""
     tok_dir = TOKENIZERS / arch.tokenizer
     n_tokens = tokenizers.Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
-    if arch.model.startswith("Llava"):  # the vocabulary lives in the text config
+    if "text_config" in arch.kwargs:  # multimodal: the vocabulary lives in the text config
         kwargs = {**arch.kwargs, "text_config": {**arch.kwargs["text_config"], "vocab_size": n_tokens}}
         config = getattr(transformers, arch.config)(**kwargs)
     else:
