@@ -47,7 +47,8 @@ class TokenizerFiles:
         sp_name = next((n for n in SP_MODEL_NAMES if (root / n).exists()), None)
         sp = SpModel.parse(sp_name, (root / sp_name).read_bytes()) if sp_name else None
         if hf is None and sp is None:
-            slow = [n for n in (VOCAB_TXT, VOCAB_JSON) if (root / n).exists()]
+            slow = [n for n in (VOCAB_TXT, VOCAB_JSON, "tekken.json", "tokenizer.tiktoken", "qwen.tiktoken")
+                    if (root / n).exists()]
             what = f"only {', '.join(slow)}, which surgery does not rewrite alone" if slow else "no tokenizer"
             raise CheckpointError(
                 f"{root}: {what}; need {TOKENIZER_JSON} or a SentencePiece model ({', '.join(SP_MODEL_NAMES)})",
