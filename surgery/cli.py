@@ -325,7 +325,7 @@ def _result(plan, out: Path) -> dict:
         "old_vocab_rows": plan.n_rows,
         "new_vocab_rows": plan.new_rows,
         "kept": len(plan.kept_ids),
-        "added_by_rule": dict(plan.additions),
+        "added_by_rule": plan.addition_counts(),
         **plan.totals(),
         "tensors": {a.name: list(a.new_shape) for a in plan.tensor_actions() if a.action == "gather"},
     }

@@ -116,7 +116,7 @@ def _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, addit
         "tokenizer_size": n_ids,
         "selected": len(selected),
         "kept": len(kept),
-        "added_by_rule": dict(additions),
+        "added_by_rule": {rule: len(ids) for rule, ids in additions},
         "coverage": ranking.coverage(kept),
         "corpora": [{"path": c.spec.path, "weight": c.spec.weight, "documents": c.documents, "bytes": c.nbytes,
                      "tokens": c.tokens, "coverage": float(c.counts[sorted(kept)].sum() / max(c.tokens, 1))}
@@ -127,5 +127,5 @@ def _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, addit
     }
     header = (f"surgery keep {root}", f"corpora: {', '.join(c.spec.path for c in counts)}",
               f"selection: {mode} {value}; {len(kept)} ids (coverage {figures['coverage']:.4%})",
-              "added by rule: " + ", ".join(f"{k} +{v}" for k, v in additions))
+              "added by rule: " + ", ".join(f"{rule} +{len(ids)}" for rule, ids in additions))
     return MinedKeepList(tuple(sorted(kept)), header, figures)

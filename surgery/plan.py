@@ -59,7 +59,7 @@ class TrimPlan:
     kept_ids: np.ndarray  # sorted old ids, new id = position
     row_source: np.ndarray  # old row of each new row: kept_ids, then padding rows
     pad_source: int | None  # old id whose row fills the padding rows
-    additions: tuple[tuple[str, int], ...]
+    additions: tuple[tuple[str, tuple[int, ...]], ...]  # (rule, old ids it added), in rule order
     tokenizer_kind: str
     vocab: VocabTensors
     shards: tuple[ShardPlan, ...]
@@ -78,6 +78,9 @@ class TrimPlan:
     @property
     def old_to_new(self) -> np.ndarray:
         return build_old_to_new(self.kept_ids, self.n_rows)
+
+    def addition_counts(self) -> dict[str, int]:
+        return {rule: len(ids) for rule, ids in self.additions}
 
     def tensor_actions(self) -> list[TensorAction]:
         return [action for shard in self.shards for action in shard.actions]
@@ -101,7 +104,8 @@ class TrimPlan:
             "kept": len(self.kept_ids),
             "padding_rows": self.new_rows - len(self.kept_ids),
             "padding_row_source_id": self.pad_source,
-            "added_by_rule": dict(self.additions),
+            "added_by_rule": self.addition_counts(),
+            "added_ids_by_rule": {rule: list(ids) for rule, ids in self.additions if ids},
             "old_ids": [int(i) for i in self.kept_ids],
         }
 
@@ -114,7 +118,7 @@ class TrimPlan:
             "old_vocab_rows": self.n_rows,
             "old_tokenizer_size": self.n_tokens,
             "user_ids": self.user_ids,
-            "added_by_rule": dict(self.additions),
+            "added_by_rule": self.addition_counts(),
             "kept": len(self.kept_ids),
             "new_vocab_rows": self.new_rows,
             **self.totals(),
@@ -141,7 +145,8 @@ class TrimPlan:
             *(f"  {a.name} [{a.role}] {a.dtype} {list(a.old_shape)} -> {list(a.new_shape)}"
               for a in self.tensor_actions() if a.action == "gather"),
             f"kept ids: {self.user_ids} requested"
-            + "".join(f", +{n} {rule}" for rule, n in self.additions if n) + f" = {len(self.kept_ids)}",
+            + "".join(f", +{n} {rule}" for rule, n in self.addition_counts().items() if n)
+            + f" = {len(self.kept_ids)}",
             f"new vocab rows: {self.new_rows}" + (f" ({self.new_rows - len(self.kept_ids)} padding rows)"
                                                    if self.new_rows > len(self.kept_ids) else ""),
             f"parameters: {t['params_before']:,} -> {t['params_after']:,}",
@@ -203,8 +208,8 @@ def plan_trim(
 
 
 def complete_kept_set(config: dict, generation: dict | None, tokenizer: TokenizerFiles, user_ids: set[int],
-                      n_rows: int) -> tuple[set[int], list[tuple[str, int]]]:
-    """The user's ids plus every id the configs name and the tokenizer needs, with counts by rule.
+                      n_rows: int) -> tuple[set[int], list[tuple[str, tuple[int, ...]]]]:
+    """The user's ids plus every id the configs name and the tokenizer needs, with the ids each rule added.
 
     This is the single definition of the final kept set: `trim` keeps it and `keep --size` sizes it.
     """
@@ -212,17 +217,17 @@ def complete_kept_set(config: dict, generation: dict | None, tokenizer: Tokenize
     if generation is not None:
         config_ids |= {i for ids in named_token_ids(generation, n_rows).values() for i in ids}
     kept = set(user_ids) | config_ids
-    additions = [("config token ids", len(config_ids - set(user_ids)))]
+    additions = [("config token ids", tuple(sorted(config_ids - set(user_ids))))]
     no_timestamps = (generation or {}).get("no_timestamps_token_id")
     if type(no_timestamps) is int and 0 <= no_timestamps < n_rows:
         # whisper: every id after no_timestamps_token_id is a timestamp (generation computes them by offset),
         # so the block stays whole, and last
         timestamps = set(range(no_timestamps, tokenizer.size())) - kept
         kept |= timestamps
-        additions.append(("whisper timestamps", len(timestamps)))
+        additions.append(("whisper timestamps", tuple(sorted(timestamps))))
     for rule, ids in tokenizer.required_by_rule(kept):
         kept |= ids
-        additions.append((rule, len(ids)))
+        additions.append((rule, tuple(sorted(ids))))
     return kept, additions
 
 

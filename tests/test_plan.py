@@ -85,6 +85,17 @@ def test_whisper_timestamp_block_stays_whole_and_last(copy_fixture):
     plan = make_plan(root)
     kept = plan.kept_ids.tolist()
     assert kept[-53:] == list(range(650, 703))
-    assert dict(plan.additions)["whisper timestamps"] == 53 - 2  # 650 and 702 are config ids, kept already
+    assert plan.addition_counts()["whisper timestamps"] == 53 - 2  # 650 and 702 are config ids, kept already
     patched = json.loads(plan.files["generation_config.json"])
     assert patched["no_timestamps_token_id"] == len(kept) - 53
+
+
+def test_record_says_where_every_kept_id_came_from(copy_fixture):
+    root = copy_fixture("llama-untied")
+    record = make_plan(root).record()
+    requested = set(KeepList.load(KEEP / "basic.txt", 703).ids)
+    added = [i for ids in record["added_ids_by_rule"].values() for i in ids]
+    assert len(added) == len(set(added)) and not set(added) & requested  # each id has one reason
+    assert sorted(requested | set(added)) == record["old_ids"]
+    assert {rule: len(ids) for rule, ids in record["added_ids_by_rule"].items()} == {
+        rule: n for rule, n in record["added_by_rule"].items() if n}
