@@ -93,8 +93,13 @@ class TokenizerFiles:
             extra = " byte-level" if self.hf.is_byte_level() else ""
             extra += " byte_fallback" if self.hf.model.get("byte_fallback") else ""
             return f"tokenizer.json {self.hf.kind}{extra}"
-        model_type = {1: "Unigram", 2: "BPE"}[self.sp.proto.trainer_spec.model_type]
-        return f"SentencePiece {model_type}"
+        return f"SentencePiece {self.model_type()}"
+
+    def model_type(self) -> str:
+        """BPE, Unigram, WordPiece or WordLevel: tokenizer.json's model, else the SentencePiece one."""
+        if self.hf is not None:
+            return self.hf.kind
+        return {1: "Unigram", 2: "BPE"}[self.sp.proto.trainer_spec.model_type]
 
     def piece_to_model_id(self) -> list[int]:
         """Model id of each SentencePiece piece; checks that normal pieces sit at one fixed offset."""
@@ -168,8 +173,7 @@ class TokenizerFiles:
         if self.sp is not None:
             whitespace |= {piece_ids[index] for index in self.sp.whitespace_pieces()}
         add("whitespace piece", whitespace)
-        kind = (self.hf.kind if self.hf else {1: "Unigram", 2: "BPE"}[self.sp.proto.trainer_spec.model_type])
-        add("unigram characters and lowest piece" if kind == "Unigram" else "merge closure",
+        add("unigram characters and lowest piece" if self.model_type() == "Unigram" else "merge closure",
             self.closure_builder()(kept))
         return rules
 
