@@ -115,3 +115,20 @@ def test_added_tokens_and_post_processor_are_renumbered():
     assert new["padding"]["pad_id"] == 2
     assert [(a["content"], a["id"]) for a in new["added_tokens"]] == [("<s>", 1), ("<tool>", 2)]
     assert trimmed.encode("c").ids == [1, 0]
+
+
+def test_roberta_and_bert_processing_ids_are_renumbered():
+    for kind in ("RobertaProcessing", "BertProcessing"):
+        data = json.loads(bpe_json(["<s>", "<pad>", "</s>", "a", "b", "c"], []))
+        data["added_tokens"] = [{"id": i, "content": t, "special": True, "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False} for i, t in ((0, "<s>"), (2, "</s>"))]
+        data["post_processor"] = {"type": kind, "sep": ["</s>", 2], "cls": ["<s>", 0]}
+        if kind == "RobertaProcessing":
+            data["post_processor"].update(trim_offsets=True, add_prefix_space=False)
+        text = json.dumps(data)
+        assert HfTokenizerJson.parse("tokenizer.json", text).special_ids() == {0, 2}
+        trimmed, kept_ids = trim(text, {5})
+        assert kept_ids.tolist() == [0, 2, 5]
+        processor = json.loads(trimmed.to_str())["post_processor"]
+        assert processor["sep"] == ["</s>", 1] and processor["cls"] == ["<s>", 0]
+        assert trimmed.encode("c").ids == [0, 2, 1]
