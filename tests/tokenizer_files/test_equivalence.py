@@ -112,13 +112,16 @@ def test_sentencepiece_model_agrees_with_tokenizer_json(kind, tmp_path):
             assert trimmed.decode(trimmed.encode(line)) == original.decode(original.encode(line)), line
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_transformers_autotokenizer_loads_and_agrees(kind, tmp_path):
+SLOW_CLASSES = {"sp-bpe-llama", "sp-unigram-t5", "sp-unigram-xlmr", "wordpiece-bert", "bpe-bytelevel-gpt2"}
+
+
+@pytest.mark.parametrize("kind,use_fast", [(k, True) for k in KINDS] + [(k, False) for k in sorted(SLOW_CLASSES)])
+def test_transformers_autotokenizer_loads_and_agrees(kind, use_fast, tmp_path):
     from transformers import AutoTokenizer
 
     src, out, old_ids = trim_tokenizer(kind, tmp_path)
-    original = AutoTokenizer.from_pretrained(src)
-    trimmed = AutoTokenizer.from_pretrained(out)
+    original = AutoTokenizer.from_pretrained(src, use_fast=use_fast)
+    trimmed = AutoTokenizer.from_pretrained(out, use_fast=use_fast)
     assert len(trimmed) == len(old_ids)
     old_to_new = {int(old): new for new, old in enumerate(old_ids)}
     compared = 0
