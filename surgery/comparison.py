@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from surgery.checkpoint import Checkpoint, load_json
-from surgery.config import named_token_ids, vocab_size_keys
+from surgery.config import changed_token_ids, vocab_size_keys
 from surgery.corpus import CorpusSpec, read_documents
-from surgery.errors import VerifyError
+from surgery.errors import CheckpointError, VerifyError
 from surgery.plan import GENERATION_CONFIG, TRIM_RECORD
 from surgery.safetensors_io import TensorEntry, pread_rows
 from surgery.token_counts import batches
@@ -135,15 +135,12 @@ def _check_configs(src, out, old, new, old_tok, new_tok, n_rows) -> list[Finding
         pairs.append((GENERATION_CONFIG, load_json(src / GENERATION_CONFIG), new_generation))
     new_rows = new.tensors()[find_vocab_tensors(old).tensors[0].entry.name].shape[0]
     for file, old_config, new_config in pairs:
-        problems = []
-        new_ids = named_token_ids(new_config, new_rows)
-        for key, ids in named_token_ids(old_config, n_rows).items():
-            names = [old_tokens.get(i) for i in ids]
-            got = [new_tokens.get(i) for i in new_ids.get(key, [])]
-            if names != got:
-                problems.append(f"{key}: was {names}, now {got}")
-        if file == "config.json" and not vocab_size_keys(new_config, new_rows):
-            problems.append(f"no vocab_size equals the {new_rows} rows written")
+        problems = changed_token_ids(old_config, new_config, old_tokens, new_tokens, n_rows, new_rows)
+        try:
+            if file == "config.json" and not vocab_size_keys(new_config, new_rows):
+                problems.append(f"no vocab_size equals the {new_rows} rows written")
+        except CheckpointError as e:
+            problems.append(str(e))
         findings.append(Finding(file, not problems, "token ids name the same tokens" if not problems
                                 else f"{len(problems)} id field(s) wrong", problems[:MAX_EXAMPLES]))
     return findings

@@ -54,6 +54,19 @@ def named_token_ids(config: dict, n_rows: int) -> dict[str, list[int]]:
     return found
 
 
+def changed_token_ids(old_config: dict, new_config: dict, old_tokens: dict[int, str], new_tokens: dict[int, str],
+                      n_rows: int, new_rows: int) -> list[str]:
+    """Id fields whose tokens differ between a config and its trimmed copy: each as "key: was [...], now [...]"."""
+    new_ids = named_token_ids(new_config, new_rows)
+    problems = []
+    for key, ids in named_token_ids(old_config, n_rows).items():
+        was = [old_tokens.get(i) for i in ids]
+        now = [new_tokens.get(i) for i in new_ids.get(key, [])]
+        if was != now:
+            problems.append(f"{key}: was {was}, now {now}")
+    return problems
+
+
 def _is_id(value: object, n_rows: int) -> bool:
     return type(value) is int and 0 <= value < n_rows
 

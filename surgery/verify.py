@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.config import vocab_size_keys
+from surgery.config import changed_token_ids, vocab_size_keys
 from surgery.errors import CheckpointError, VerifyError
-from surgery.plan import TrimPlan
+from surgery.plan import GENERATION_CONFIG, TrimPlan
 from surgery.safetensors_io import read_header
 from surgery.tokenizer_files import SP_MODEL_NAMES, TOKENIZER_JSON, TokenizerFiles
 
@@ -24,7 +24,24 @@ def verify(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
     """
     checks = [_check_shards(plan, out), _check_config(plan, out)]
     checks += _check_tokenizer(plan, out, tokenizer)
+    checks.append(_check_config_ids(plan, out, tokenizer))
     return checks
+
+
+def _check_config_ids(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> str:
+    """config.json and generation_config.json ids name the same tokens as in the source."""
+    old_tokens = tokenizer.id_to_token()
+    new_tokens = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.kept_ids)
+                  if int(old_id) in old_tokens}
+    for name in ("config.json", GENERATION_CONFIG):
+        if not (plan.src / name).exists():
+            continue
+        old_config = json.loads((plan.src / name).read_text(encoding="utf-8"))
+        new_config = json.loads((out / name).read_text(encoding="utf-8"))
+        problems = changed_token_ids(old_config, new_config, old_tokens, new_tokens, plan.n_rows, plan.new_rows)
+        if problems:
+            raise VerifyError(f"output {name}: {problems[0]}")
+    return "config token ids name the same tokens"
 
 
 def _check_shards(plan: TrimPlan, out: Path) -> str:

@@ -45,3 +45,22 @@ def test_a_tokenizer_that_names_wrong_tokens_is_caught(runner, copy_fixture, tmp
     assert result.exit_code == 3
     assert result.stderr.splitlines()[-1].startswith("Error: output tokenizer.json: new id 0 is ")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_config_id_that_names_another_token_is_caught(runner, copy_fixture, tmp_path, monkeypatch):
+    from surgery import plan as plan_module
+
+    real_patch = plan_module.patch_config
+
+    def off_by_one(file, config, old_to_new, new_vocab_size):
+        new, patches = real_patch(file, config, old_to_new, new_vocab_size)
+        if file == "config.json":
+            new["eos_token_id"] = [i + 1 for i in new["eos_token_id"]]
+        return new, patches
+
+    monkeypatch.setattr(plan_module, "patch_config", off_by_one)
+    src = copy_fixture("llama-untied")
+    result = runner.invoke(cli, ["trim", str(src), "--keep", str(KEEP / "basic.txt"), "-o", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 3
+    assert result.stderr.startswith("Error: output config.json: eos_token_id: was ")
+    assert not (tmp_path / "o").exists()
