@@ -45,7 +45,7 @@ def compare_checkpoints(src: Path, out: Path, corpora: tuple[CorpusSpec, ...] = 
     old_tok, new_tok = TokenizerFiles.load(src), TokenizerFiles.load(out)
     row_sources, n_kept = _row_sources(out, old_tok, new_tok)
     findings = [_check_tensors(old, new, vocab, row_sources)]
-    findings += _check_configs(src, out, old, new, old_tok, new_tok, vocab.n_rows)
+    findings += _check_configs(src, out, old, new, old_tok, new_tok, vocab.n_rows, len(row_sources))
     findings += _check_tokenizer(old_tok, new_tok, row_sources[:n_kept])
     if corpora:
         findings += _check_corpora(src, out, old_tok, new_tok, row_sources[:n_kept], corpora, max_docs)
@@ -126,14 +126,13 @@ def _same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
     return True
 
 
-def _check_configs(src, out, old, new, old_tok, new_tok, n_rows) -> list[Finding]:
+def _check_configs(src, out, old, new, old_tok, new_tok, n_rows: int, new_rows: int) -> list[Finding]:
     findings = []
     old_tokens, new_tokens = old_tok.id_to_token(), new_tok.id_to_token()
     pairs = [("config.json", old.config, new.config)]
     if (src / GENERATION_CONFIG).exists():
         new_generation = load_json(out / GENERATION_CONFIG) if (out / GENERATION_CONFIG).exists() else {}
         pairs.append((GENERATION_CONFIG, load_json(src / GENERATION_CONFIG), new_generation))
-    new_rows = new.tensors()[find_vocab_tensors(old).tensors[0].entry.name].shape[0]
     for file, old_config, new_config in pairs:
         problems = changed_token_ids(old_config, new_config, old_tokens, new_tokens, n_rows, new_rows)
         try:

@@ -78,3 +78,13 @@ def test_verify_without_trim_record_matches_by_token(trimmed):
     src, out = trimmed
     (out / "surgery_trim.json").unlink()
     assert json.loads(verify(src, out, 0).stdout)["ok"] is True
+
+
+@pytest.mark.parametrize("fixture", ["qwen-tied-sharded", "t5-sentencepiece", "bart-logits-bias", "llava-text-config"])
+def test_verify_passes_on_every_layout_with_padding(fixture, copy_fixture, tmp_path):
+    src = copy_fixture(fixture)
+    out = tmp_path / "out"
+    run_cli(["trim", src, "--keep", KEEP / "basic.txt", "-o", out, "--pad-to-multiple-of", "64", "-q"])
+    report = json.loads(run_cli(["verify", src, out, "--json", "-q"]).stdout)
+    assert report["ok"] is True, report
+    assert "vocab rows equal their source rows" in report["checks"][0]["detail"]
