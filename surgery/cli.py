@@ -98,7 +98,7 @@ def cli() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (the plan or the result).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-@click.option("--pad-to-multiple-of", type=int, default=None,
+@click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None,
               help="Round the new vocabulary up to a multiple of N rows. Padding rows copy the pad (else unk, "
                    "else first kept) token's row, so they tie with it and are never the argmax.")
 @click.option("--vocab-tensor", "vocab_tensors", multiple=True, metavar="NAME[:AXIS]",
@@ -184,7 +184,8 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--corpus", "corpora", multiple=True, metavar="PATH",
               help="Text (a document per line), JSON Lines (field 'text'), .gz, a folder, or - for stdin.")
-@click.option("--max-docs", type=int, default=None, help="Read at most this many documents per corpus.")
+@click.option("--max-docs", type=click.IntRange(min=1), default=None,
+              help="Read at most this many documents per corpus.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON document to stdout.")
 @common_options
 @speaks_errors
@@ -222,16 +223,18 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
               help="Where to write the id list (one id a line, '#' header).")
 @click.option("--field", default="text", show_default=True, help="JSON Lines field holding the text.")
 @click.option("--whole-files", is_flag=True, help="Treat each plain-text file as one document, not one per line.")
-@click.option("--max-docs", type=int, help="Read at most this many documents per corpus.")
-@click.option("--max-bytes", type=int, help="Read at most this many bytes of text per corpus.")
-@click.option("--size", type=int, help="Final vocabulary rows after trim, counting every id trim adds.")
-@click.option("--coverage", type=float, help="Smallest set covering this fraction of corpus tokens (e.g. 0.999).")
-@click.option("--min-count", type=int, help="Every id seen at least this many times.")
-@click.option("--top-k", type=int, help="The K most frequent ids.")
+@click.option("--max-docs", type=click.IntRange(min=1), help="Read at most this many documents per corpus.")
+@click.option("--max-bytes", type=click.IntRange(min=1), help="Read at most this many bytes of text per corpus.")
+@click.option("--size", type=click.IntRange(min=1),
+              help="Final vocabulary rows after trim, counting every id trim adds.")
+@click.option("--coverage", type=click.FloatRange(0, 1, min_open=True),
+              help="Smallest set covering this fraction of corpus tokens (e.g. 0.999).")
+@click.option("--min-count", type=click.IntRange(min=1), help="Every id seen at least this many times.")
+@click.option("--top-k", type=click.IntRange(min=1), help="The K most frequent ids.")
 @click.option("--keep-ids", type=click.Path(path_type=Path, dir_okay=False), help="Ids that must stay (ids.txt form).")
 @click.option("--keep-tokens", type=click.Path(path_type=Path, dir_okay=False),
               help="Token strings that must stay, one per line, exactly as in the vocabulary.")
-@click.option("--pad-to-multiple-of", type=int,
+@click.option("--pad-to-multiple-of", type=click.IntRange(min=1),
               help="Grow the selection until the final size is a multiple of N (no padding rows needed).")
 @click.option("--stats", is_flag=True, help="Print the figures (coverage curve, savings) to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON document to stdout.")

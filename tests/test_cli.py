@@ -353,3 +353,14 @@ def test_progress_bar_shows_bytes_and_rate(capsys):
     err = capsys.readouterr().err
     assert "3.00 / 3.00 GiB  100.0%" in err and "MiB/s" in err and err.endswith("\n")
     assert _progress_bar(10, quiet=True).enabled is False
+
+
+def test_option_ranges_are_usage_errors(runner, copy_fixture, tmp_path):
+    src = copy_fixture("llama-untied")
+    for args in (["trim", src, "--keep", KEEP / "basic.txt", "--pad-to-multiple-of", "0"],
+                 ["keep", src, "--corpus", KEEP / "basic.txt", "--coverage", "1.5", "-o", tmp_path / "i"],
+                 ["keep", src, "--corpus", KEEP / "basic.txt", "--size", "-3", "-o", tmp_path / "i"]):
+        result = runner.invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 2 and "Error: Invalid value for" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "i").exists() and not (src.parent / "llama-untied-trimmed").exists()
