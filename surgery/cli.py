@@ -23,8 +23,8 @@ from surgery.checkpoint import Checkpoint
 from surgery.comparison import compare_checkpoints, findings_json
 from surgery.corpus import CorpusSpec
 from surgery.errors import InputError, SurgeryError, VerifyError
-from surgery.inspection import inspect_checkpoint, render
 from surgery.execute import apply_plan
+from surgery.inspection import inspect_checkpoint, render
 from surgery.keep import KeepList
 from surgery.keep_mining import mine_keep_list
 from surgery.plan import plan_trim

@@ -97,10 +97,11 @@ def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progres
         for spec in writer.write_header():
             action, entry = actions[spec.name], entries[spec.name]
             if action.action == "copy":
-                writer.write_tensor(spec.name, lambda fd_out: _copy_range(fd_in, fd_out, entry.begin, entry.nbytes,
-                                                                          progress))
+                writer.write_tensor(spec.name, lambda fd_out, e=entry: _copy_range(fd_in, fd_out, e.begin, e.nbytes,
+                                                                                   progress))
             else:
-                writer.write_tensor(spec.name, lambda fd_out: _gather(fd_in, fd_out, entry, action, plan.row_source))
+                writer.write_tensor(spec.name, lambda fd_out, e=entry, a=action: _gather(fd_in, fd_out, e, a,
+                                                                                         plan.row_source))
                 progress(action.new_nbytes)
     writer.close()
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import KEEP, run_cli
 
 from surgery.cli import cli
@@ -303,7 +302,7 @@ def big_checkpoint(root: Path, filler_nbytes: int = 300 * 2**20) -> Path:
         if spec.name in by_name:
             writer.write_tensor(spec.name, lambda fd, e=by_name[spec.name]: write_all(fd, read_rows(e).tobytes()))
         else:
-            writer.write_tensor(spec.name, lambda fd: [write_all(fd, chunk) for _ in range(spec.shape[0])])
+            writer.write_tensor(spec.name, lambda fd, n=spec.shape[0]: [write_all(fd, chunk) for _ in range(n)])
     writer.close()
     return root
 

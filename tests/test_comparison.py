@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import CORPUS, KEEP, run_cli
+
 from surgery.safetensors_io import read_header
 
 

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 from safetensors.numpy import load_file
+from test_plan import make_plan
 
 from surgery.execute import apply_plan
 from surgery.safetensors_io import read_header, read_rows
-from test_plan import make_plan
 
 
 def test_rows_are_gathered_in_kept_order(copy_fixture, tmp_path):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES
 
 sys.path.insert(0, str(FIXTURES))

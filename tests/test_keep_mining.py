@@ -8,7 +8,6 @@ from collections import Counter
 
 import pytest
 import tokenizers
-
 from conftest import CORPUS, corpus_lines, run_cli
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import tokenizers
-
 from conftest import TOKENIZERS, corpus_lines, run_cli, write_keep
 
 torch = pytest.importorskip("torch")

@@ -6,8 +6,8 @@ import json
 import os
 
 import numpy as np
-
 from conftest import KEEP
+
 from surgery.checkpoint import Checkpoint
 from surgery.keep import KeepList
 from surgery.plan import plan_trim

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 from conftest import KEEP
+from test_cli import leftovers
+
 from surgery import execute
 from surgery.cli import cli
-from test_cli import leftovers
 
 
 def test_corrupted_rows_are_caught_before_the_rename(runner, copy_fixture, tmp_path, monkeypatch):

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tokenizers
-
 from conftest import corpus_lines, run_cli, tokenizer_checkpoint, write_keep
+
 from surgery.tokenizer_files.hf_json import HfTokenizerJson
 
 KINDS = ["bpe-bytelevel-gpt2", "bpe-bytelevel-llama3", "sp-bpe-llama", "wordpiece-bert", "unigram-hf",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sentencepiece
+from conftest import TOKENIZERS, corpus_lines
 from sentencepiece import sentencepiece_model_pb2
 
-from conftest import TOKENIZERS, corpus_lines
 from surgery.tokenizer_files.sp_model import BYTE, CONTROL, UNKNOWN, SpModel
 
 

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import TOKENIZERS
+
 from surgery.errors import CheckpointError
 from surgery.keep import build_old_to_new
 from surgery.tokenizer_files import TokenizerFiles
