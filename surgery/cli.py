@@ -22,7 +22,7 @@ from surgery import __version__
 from surgery.checkpoint import Checkpoint
 from surgery.comparison import compare_checkpoints, findings_json
 from surgery.corpus import CorpusSpec
-from surgery.errors import InputError, SurgeryError, VerifyError
+from surgery.errors import CheckpointError, InputError, SurgeryError, VerifyError
 from surgery.execute import apply_plan
 from surgery.inspection import inspect_checkpoint, render
 from surgery.keep import KeepList
@@ -165,7 +165,12 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
     """
     checkpoint = Checkpoint.open(ckpt)
     vocab = find_vocab_tensors(checkpoint, vocab_tensors)
-    tokenizer = TokenizerFiles.load(ckpt)
+    try:
+        tokenizer = TokenizerFiles.load(ckpt)
+    except CheckpointError as e:
+        if keep_path is not None:  # a plan needs the tokenizer
+            raise
+        tokenizer = e
     report = inspect_checkpoint(checkpoint, vocab, tokenizer)
     plan = None
     if keep_path is not None:

@@ -13,7 +13,14 @@ import numpy as np
 
 from surgery.checkpoint import dump_json
 from surgery.plan import TRIM_RECORD, ShardPlan, TensorAction, TrimPlan
-from surgery.safetensors_io import ShardWriter, TensorEntry, TensorSpec, pread_rows, read_header, write_all
+from surgery.safetensors_io import (
+    ShardWriter,
+    TensorEntry,
+    TensorSpec,
+    pread_rows,
+    read_header,
+    write_all,
+)
 
 LOG = logging.getLogger(__name__)
 BLOCK_NBYTES = 16 * 1024 * 1024  # peak memory of a gather is one block, not one embedding

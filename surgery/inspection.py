@@ -7,13 +7,17 @@ from collections import defaultdict
 
 from surgery.checkpoint import Checkpoint
 from surgery.config import get_dotted, named_token_ids, vocab_size_keys
+from surgery.errors import CheckpointError
 from surgery.safetensors_io import DTYPE_BITS
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.vocab_tensors import VocabTensors
 
 
-def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: TokenizerFiles) -> dict:
-    """A JSON-ready report; its schema is documented in README.md (surgery inspect --json)."""
+def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: TokenizerFiles | CheckpointError) -> dict:
+    """A JSON-ready report; its schema is documented in README.md (surgery inspect --json).
+
+    `tokenizer` may be the error that loading it raised: inspect still shows everything else.
+    """
     by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "nbytes": 0})
     shards = []
     for shard in ckpt.shards:
@@ -22,7 +26,11 @@ def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: Tokeniz
             by_dtype[entry.dtype]["nbytes"] += entry.nbytes
         shards.append({"name": shard.path.name, "tensors": len(shard.entries),
                        "nbytes": sum(e.nbytes for e in shard.entries)})
-    size = tokenizer.size()
+    if isinstance(tokenizer, CheckpointError):
+        tokenizer_report = {"kind": None, "size": None, "padding_rows": None, "error": str(tokenizer)}
+    else:
+        size = tokenizer.size()
+        tokenizer_report = {"kind": tokenizer.kind(), "size": size, "padding_rows": vocab.n_rows - size}
     config_keys = {key: get_dotted(ckpt.config, key) for key in vocab_size_keys(ckpt.config, vocab.n_rows)}
     return {
         "source": str(ckpt.root),
@@ -37,7 +45,7 @@ def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: Tokeniz
         ],
         "tied": vocab.tied,
         "embedding_rows": vocab.n_rows,
-        "tokenizer": {"kind": tokenizer.kind(), "size": size, "padding_rows": vocab.n_rows - size},
+        "tokenizer": tokenizer_report,
         "config": {"vocab_size_keys": config_keys, "token_ids": named_token_ids(ckpt.config, vocab.n_rows)},
         "notes": list(vocab.notes),
     }
@@ -54,8 +62,11 @@ def render(report: dict) -> str:
     for t in report["vocab_tensors"]:
         lines.append(f"  {t['name']:{width}}  {t['role']:5}  {t['dtype']:5}  {str(t['shape']):18} axis {t['axis']}")
     tok = report["tokenizer"]
-    lines.append(f"tokenizer: {tok['kind']}, {tok['size']} ids"
-                 + (f" ({tok['padding_rows']} embedding rows past it are padding)" if tok["padding_rows"] else ""))
+    if tok["kind"] is None:
+        lines.append(f"tokenizer: none usable ({tok['error']})")
+    else:
+        lines.append(f"tokenizer: {tok['kind']}, {tok['size']} ids"
+                     + (f" ({tok['padding_rows']} embedding rows past it are padding)" if tok["padding_rows"] else ""))
     lines.append("config: " + ", ".join(f"{k}={v}" for k, v in report["config"]["vocab_size_keys"].items()))
     for key, ids in report["config"]["token_ids"].items():
         lines.append(f"  {key}: {ids if len(ids) > 1 else ids[0]}")

@@ -11,7 +11,13 @@ from surgery.corpus import CorpusSpec
 from surgery.errors import InputError
 from surgery.keep import KeepList
 from surgery.plan import GENERATION_CONFIG, complete_kept_set, plan_trim
-from surgery.selection import Ranking, select_coverage, select_min_count, select_size, select_top_k
+from surgery.selection import (
+    Ranking,
+    select_coverage,
+    select_min_count,
+    select_size,
+    select_top_k,
+)
 from surgery.token_counts import Progress, count_tokens, load_encoder
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.vocab_tensors import find_vocab_tensors

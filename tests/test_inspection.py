@@ -71,3 +71,13 @@ def test_inspect_human_output(copy_fixture):
     assert "vocabulary tensors (untied), 703 rows:" in out
     assert "tokenizer: tokenizer.json BPE byte-level, 703 ids" in out
     assert "plan:" in out and "kept ids: 200 requested" in out
+
+
+def test_inspect_without_a_usable_tokenizer_still_reports(copy_fixture):
+    src = copy_fixture("llama-untied")
+    (src / "tokenizer.json").unlink()
+    report = json.loads(run_cli(["inspect", src, "--json"]).stdout)
+    assert report["tokenizer"]["kind"] is None and "no tokenizer" in report["tokenizer"]["error"]
+    assert report["embedding_rows"] == 703
+    assert "tokenizer: none usable" in run_cli(["inspect", src]).stdout
+    run_cli(["inspect", src, "--keep", KEEP / "basic.txt"], exit_code=1)

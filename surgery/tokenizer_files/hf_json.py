@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from surgery.errors import CheckpointError
-from surgery.tokenizer_files.bpe import BYTE_FALLBACK_PIECES, BYTE_LEVEL_ALPHABET, merge_closure, merge_result
+from surgery.tokenizer_files.bpe import (
+    BYTE_FALLBACK_PIECES,
+    BYTE_LEVEL_ALPHABET,
+    merge_closure,
+    merge_result,
+)
 
 SUPPORTED_MODELS = ("BPE", "WordPiece", "WordLevel", "Unigram")
 METASPACE = "\u2581"  # "▁", SentencePiece's visible space
