@@ -19,8 +19,8 @@ from surgery.corpus import CorpusSpec, read_documents
 from surgery.errors import CheckpointError, VerifyError
 from surgery.plan import GENERATION_CONFIG, TRIM_RECORD
 from surgery.safetensors_io import TensorEntry, pread_rows
-from surgery.token_counts import batches
-from surgery.tokenizer_files import TOKENIZER_JSON, TokenizerFiles
+from surgery.token_counts import batches, load_decoder, load_encoder
+from surgery.tokenizer_files import TokenizerFiles
 from surgery.tokenizer_files.hf_json import filter_merge_pairs
 from surgery.vocab_tensors import find_vocab_tensors
 
@@ -169,29 +169,26 @@ def _check_tokenizer(old_tok: TokenizerFiles, new_tok: TokenizerFiles, old_ids: 
 
 def _check_corpora(src, out, old_tok, new_tok, old_ids, corpora, max_docs) -> list[Finding]:
     """Lines whose source ids are all kept encode to the mapped ids; decoding agrees where bytes are kept."""
-    import tokenizers
-
-    if old_tok.hf is None:
-        return [Finding("corpus", True, "skipped: no tokenizer.json to encode with")]
-    original = tokenizers.Tokenizer.from_file(str(src / TOKENIZER_JSON))
-    trimmed = tokenizers.Tokenizer.from_file(str(out / TOKENIZER_JSON))
+    encode_old, encode_new = load_encoder(src), load_encoder(out)
+    decode_old, decode_new = load_decoder(src), load_decoder(out)
     old_to_new = {int(old): new for new, old in enumerate(old_ids)}
-    lossless = bool(old_tok.hf.byte_alphabet_ids() or old_tok.hf.byte_fallback_ids())
+    lossless = bool(old_tok.hf.byte_alphabet_ids() or old_tok.hf.byte_fallback_ids()) if old_tok.hf else bool(
+        old_tok.sp.byte_pieces())
     docs = compared = decoded = 0
     mismatches, decode_mismatches = _Examples(), _Examples()
     for spec in corpora:
         spec = dataclasses.replace(spec, max_docs=spec.max_docs or max_docs)
         for batch in batches(read_documents(spec)):  # streaming: memory stays flat in corpus size
             docs += len(batch)
-            for doc, a, b in zip(batch, original.encode_batch(batch), trimmed.encode_batch(batch)):
-                kept = all(i in old_to_new for i in a.ids)
+            for doc, a, b in zip(batch, encode_old(batch), encode_new(batch)):
+                kept = all(i in old_to_new for i in a)
                 if kept:
                     compared += 1
-                    if b.ids != [old_to_new[i] for i in a.ids]:
+                    if b != [old_to_new[i] for i in a]:
                         mismatches.add(doc)
                 if kept or lossless:
                     decoded += 1
-                    if trimmed.decode(b.ids) != original.decode(a.ids):
+                    if decode_new(b) != decode_old(a):
                         decode_mismatches.add(doc)
     return [
         Finding("corpus encoding", not mismatches.count, f"{compared} of {docs} documents fully kept; "

@@ -49,6 +49,18 @@ def load_encoder(root: Path) -> Encoder:
     return lambda docs: processor.encode(docs, num_threads=-1)
 
 
+def load_decoder(root: Path) -> Callable[[list[int]], str]:
+    """ids -> text with the checkpoint's tokenizer (tokenizer.json, else its SentencePiece model)."""
+    if (root / TOKENIZER_JSON).exists():
+        import tokenizers
+
+        return tokenizers.Tokenizer.from_file(str(root / TOKENIZER_JSON)).decode
+    import sentencepiece
+
+    name = next(n for n in SP_MODEL_NAMES if (root / n).exists())
+    return sentencepiece.SentencePieceProcessor(model_file=str(root / name)).decode
+
+
 def count_tokens(encode: Encoder, spec: CorpusSpec, n_ids: int, *, field: str = "text", whole_files: bool = False,
                  max_docs: int | None = None, max_bytes: int | None = None,
                  progress: Progress | None = None) -> CorpusCounts:

@@ -234,7 +234,13 @@ def test_vocab_tensor_errors(runner, copy_fixture):
 
 def test_packed_dtype_vocab_tensor_is_refused(runner, tmp_path):
     """final_logits_bias [1, V] in F4: one vocab entry is half a byte, so its rows cannot be gathered as bytes."""
-    from surgery.safetensors_io import ShardWriter, TensorSpec, read_header, read_rows, write_all
+    from surgery.safetensors_io import (
+        ShardWriter,
+        TensorSpec,
+        read_header,
+        read_rows,
+        write_all,
+    )
 
     src = tmp_path / "ckpt"
     shutil.copytree(Path(__file__).resolve().parent.parent / "fixtures" / "bart-logits-bias", src)
@@ -287,7 +293,13 @@ def test_debug_shows_a_traceback(runner, copy_fixture):
 
 def big_checkpoint(root: Path, filler_nbytes: int = 300 * 2**20) -> Path:
     """llama-untied plus a large layer tensor in the same shard, so writing the output takes a moment."""
-    from surgery.safetensors_io import ShardWriter, TensorSpec, read_header, read_rows, write_all
+    from surgery.safetensors_io import (
+        ShardWriter,
+        TensorSpec,
+        read_header,
+        read_rows,
+        write_all,
+    )
 
     source = Path(__file__).resolve().parent.parent / "fixtures" / "llama-untied"
     shutil.copytree(source, root, ignore=shutil.ignore_patterns("model.safetensors"))

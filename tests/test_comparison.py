@@ -88,3 +88,14 @@ def test_verify_passes_on_every_layout_with_padding(fixture, copy_fixture, tmp_p
     report = json.loads(run_cli(["verify", src, out, "--json", "-q"]).stdout)
     assert report["ok"] is True, report
     assert "vocab rows equal their source rows" in report["checks"][0]["detail"]
+
+
+def test_verify_corpus_on_a_sentencepiece_only_checkpoint(copy_fixture, tmp_path):
+    src = copy_fixture("t5-sentencepiece")
+    (src / "tokenizer.json").unlink()
+    out = tmp_path / "out"
+    run_cli(["trim", src, "--keep", KEEP / "basic.txt", "-o", out, "-q"])
+    report = json.loads(run_cli(["verify", src, out, "--corpus", CORPUS / "heldout.txt", "--json", "-q"]).stdout)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert report["ok"] and checks["corpus encoding"]["detail"].endswith("0 encode differently")
+    assert "300 documents" in checks["corpus encoding"]["detail"]

@@ -14,7 +14,13 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from surgery.errors import CheckpointError
-from surgery.safetensors_io import ShardWriter, TensorSpec, read_header, read_rows, write_all
+from surgery.safetensors_io import (
+    ShardWriter,
+    TensorSpec,
+    read_header,
+    read_rows,
+    write_all,
+)
 
 NP_CODES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.int32): "I32",
             np.dtype(np.int64): "I64", np.dtype(np.uint8): "U8"}
