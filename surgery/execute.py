@@ -60,7 +60,8 @@ def sync_tree(root: Path) -> None:
     data is not on disk.
     """
     for path in sorted(root.rglob("*"), key=lambda p: p.is_dir()):
-        _fsync(path)
+        if not path.is_symlink():  # a link copied from a subfolder: its target is not ours to sync
+            _fsync(path)
     _fsync(root)
 
 
@@ -84,7 +85,9 @@ def _copy_unchanged(src: Path, dst: Path, link: bool, progress: Progress) -> Non
     """A shard with no vocab tensor is the same file: copy it whole (or hardlink it on request)."""
     if link:
         try:
-            os.link(src, dst)
+            # resolve first: in a Hugging Face cache snapshot every file is a symlink into blobs/, and
+            # link() would copy the (relative, now dangling) symlink rather than the file
+            os.link(src.resolve(), dst)
             progress(src.stat().st_size)
             return
         except OSError as e:  # other filesystem, or links not allowed: fall back to a copy

@@ -375,3 +375,20 @@ def test_option_ranges_are_usage_errors(runner, copy_fixture, tmp_path):
         assert result.exit_code == 2 and "Error: Invalid value for" in result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "i").exists() and not (src.parent / "llama-untied-trimmed").exists()
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_hugging_face_cache_snapshot_of_symlinks(tmp_path, link):
+    """In ~/.cache/huggingface/hub every snapshot file is a relative symlink into blobs/."""
+    source = Path(__file__).resolve().parent.parent / "fixtures" / "qwen-tied-sharded"
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "abc123"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for path in source.iterdir():
+        shutil.copy(path, blobs / f"blob-{path.name}")
+        (snapshot / path.name).symlink_to(Path("../..") / "blobs" / f"blob-{path.name}")
+    out = tmp_path / "out"
+    run_cli(["trim", snapshot, "--keep", KEEP / "basic.txt", "-o", out, "-q", *(["--link-unchanged"] if link else [])])
+    assert not any(p.is_symlink() for p in out.iterdir())
+    assert (out / "model-00002-of-00002.safetensors").read_bytes() == (source / "model-00002-of-00002.safetensors").read_bytes()
+    assert json.loads(run_cli(["verify", snapshot, out, "--json", "-q"]).stdout)["ok"] is True
