@@ -274,8 +274,17 @@ def _other_files(ckpt: Checkpoint, rewritten: dict) -> tuple[tuple[str, ...], tu
     for path in sorted(ckpt.root.iterdir()):
         if path.name in written or path.name.startswith("."):
             continue
-        (skipped if path.is_file() and path.suffix in OTHER_WEIGHT_SUFFIXES else copied).append(path.name)
+        (skipped if _holds_weights(path) else copied).append(path.name)
     return tuple(copied), tuple(skipped)
+
+
+def _holds_weights(path: Path) -> bool:
+    """Other weight files, or a folder holding any (Llama-3's original/consolidated.00.pth): they would still
+    carry the full vocabulary, so they are not copied into OUT."""
+    weight_suffixes = (*OTHER_WEIGHT_SUFFIXES, ".safetensors")
+    if path.is_dir():
+        return any(p.suffix in weight_suffixes for p in path.rglob("*") if p.is_file())
+    return path.suffix in OTHER_WEIGHT_SUFFIXES
 
 
 def _load_optional(path: Path):

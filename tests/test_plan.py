@@ -72,8 +72,13 @@ def test_other_weight_formats_are_not_carried(copy_fixture):
     root = copy_fixture("llama-untied")
     (root / "pytorch_model.bin").write_bytes(b"never opened")
     (root / "README.md").write_text("model card")
+    (root / "original").mkdir()
+    (root / "original" / "consolidated.00.pth").write_bytes(b"never opened")
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text("{}")
     plan = make_plan(root)
-    assert plan.skipped == ("pytorch_model.bin",) and "README.md" in plan.copied
+    assert plan.skipped == ("original", "pytorch_model.bin")
+    assert "README.md" in plan.copied and "1_Pooling" in plan.copied
     assert any("not carried" in line for line in plan.describe().splitlines())
 
 
