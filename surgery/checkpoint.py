@@ -13,7 +13,8 @@ SINGLE_SHARD = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Weight formats we never open (pickle can run code) and never copy into a trimmed output (they would
 # still hold the full vocabulary).
-OTHER_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack", ".gguf", ".onnx", ".pb")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+OTHER_WEIGHT_SUFFIXES = (*PICKLE_SUFFIXES, ".h5", ".msgpack", ".gguf", ".onnx", ".pb")
 PICKLE_HINT = (
     "convert it to safetensors first, e.g. in Python: "
     "AutoModel.from_pretrained(dir).save_pretrained(dir2, safe_serialization=True) on a trusted machine"
@@ -43,7 +44,7 @@ class Checkpoint:
         shard_paths = sorted(root.glob("*.safetensors"))
         if len(shard_paths) == 1:
             return cls(root, config, (read_header(shard_paths[0]),), None, None)
-        pickles = sorted(p.name for p in root.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
             raise CheckpointError(
                 f"{root}: only pickle weights ({', '.join(pickles)}); surgery never unpickles files",

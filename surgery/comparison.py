@@ -18,13 +18,12 @@ from surgery.config import changed_token_ids, vocab_size_keys
 from surgery.corpus import CorpusSpec, read_documents
 from surgery.errors import CheckpointError, VerifyError
 from surgery.plan import GENERATION_CONFIG, TRIM_RECORD
-from surgery.safetensors_io import TensorEntry, pread_rows
+from surgery.safetensors_io import READ_BLOCK_NBYTES, TensorEntry, pread_rows
 from surgery.token_counts import batches, load_decoder, load_encoder
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.tokenizer_files.hf_json import filter_merge_pairs
 from surgery.vocab_tensors import find_vocab_tensors
 
-BLOCK_NBYTES = 16 * 2**20
 MAX_EXAMPLES = 3
 
 
@@ -100,7 +99,7 @@ def _check_tensors(old: Checkpoint, new: Checkpoint, vocab, old_ids: np.ndarray)
 
 def _first_bad_row(a: TensorEntry, b: TensorEntry, axis: int, old_ids: np.ndarray) -> int | None:
     row_nbytes = a.row_nbytes(axis)
-    per_block = max(1, BLOCK_NBYTES // max(row_nbytes, 1))
+    per_block = max(1, READ_BLOCK_NBYTES // max(row_nbytes, 1))
     outer = int(np.prod(a.shape[:axis]))
     with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
         for outer_index in range(outer):
@@ -119,8 +118,8 @@ def _first_bad_row(a: TensorEntry, b: TensorEntry, axis: int, old_ids: np.ndarra
 
 def _same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
     with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
-        for offset in range(0, a.nbytes, BLOCK_NBYTES):
-            size = min(BLOCK_NBYTES, a.nbytes - offset)
+        for offset in range(0, a.nbytes, READ_BLOCK_NBYTES):
+            size = min(READ_BLOCK_NBYTES, a.nbytes - offset)
             if os.pread(fa.fileno(), size, a.begin + offset) != os.pread(fb.fileno(), size, b.begin + offset):
                 return False
     return True

@@ -14,6 +14,7 @@ import numpy as np
 from surgery.checkpoint import dump_json
 from surgery.plan import TRIM_RECORD, ShardPlan, TensorAction, TrimPlan
 from surgery.safetensors_io import (
+    READ_BLOCK_NBYTES,
     ShardWriter,
     TensorEntry,
     TensorSpec,
@@ -23,7 +24,6 @@ from surgery.safetensors_io import (
 )
 
 LOG = logging.getLogger(__name__)
-BLOCK_NBYTES = 16 * 1024 * 1024  # peak memory of a gather is one block, not one embedding
 COPY_CHUNK = 64 * 1024 * 1024
 SHARD_WORKERS = int(os.environ.get("SURGERY_SHARD_WORKERS", "2"))
 
@@ -141,7 +141,7 @@ def _gather(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorAction, r
     row_nbytes = entry.row_nbytes(axis)
     for outer_index in range(outer):
         base = entry.begin + outer_index * n_rows * row_nbytes
-        rows_per_block = max(1, BLOCK_NBYTES // max(row_nbytes, 1))
+        rows_per_block = max(1, READ_BLOCK_NBYTES // max(row_nbytes, 1))
         buffer = bytearray(min(len(row_source), rows_per_block) * row_nbytes)
         for start in range(0, len(row_source), rows_per_block):
             block = row_source[start : start + rows_per_block]

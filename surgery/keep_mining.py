@@ -69,7 +69,7 @@ def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text"
     ranking = Ranking.of(counts)
     generation = load_json(root / GENERATION_CONFIG) if (root / GENERATION_CONFIG).exists() else None
 
-    def final(ids: set[int]) -> tuple[set[int], list[tuple[str, int]]]:
+    def final(ids: set[int]) -> tuple[set[int], list[tuple[str, tuple[int, ...]]]]:
         return complete_kept_set(ckpt.config, generation, tokenizer, ids, vocab.n_rows)
 
     def final_set(ids: set[int]) -> set[int]:

@@ -43,6 +43,7 @@ DTYPE_BITS: dict[str, int] = {
 }
 DTYPE_RANK = {dtype: rank for rank, dtype in enumerate(DTYPE_BITS)}
 MAX_HEADER_NBYTES = 100 * 1024 * 1024  # the safetensors library refuses larger headers too
+READ_BLOCK_NBYTES = 16 * 2**20  # tensor bytes are read in blocks this size: peak memory is a block, not a tensor
 HEADER_ALIGN = 8  # safetensors pads the header with b" " to a multiple of 8 (tensor.rs, prepare)
 
 
