@@ -10,7 +10,7 @@ from surgery.checkpoint import Checkpoint, load_json
 from surgery.corpus import CorpusSpec
 from surgery.errors import InputError
 from surgery.keep import KeepList
-from surgery.plan import GENERATION_CONFIG, complete_kept_set, plan_trim
+from surgery.plan import GENERATION_CONFIG, complete_kept_set, trim_totals
 from surgery.selection import (
     Ranking,
     select_coverage,
@@ -109,8 +109,7 @@ def _forced_ids(tokenizer: TokenizerFiles, keep_ids: Path | None, keep_tokens: P
 
 
 def _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, mode, value) -> MinedKeepList:
-    plan = plan_trim(ckpt, vocab, tokenizer, KeepList(Path("<mined>"), tuple(sorted(kept)), 0))
-    totals = plan.totals()
+    totals = trim_totals(ckpt, vocab, len(kept))  # the list is the final set: trim keeps exactly these rows
     n_ids = tokenizer.size()
     figures = {
         "source": str(root),

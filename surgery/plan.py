@@ -86,13 +86,7 @@ class TrimPlan:
         return [action for shard in self.shards for action in shard.actions]
 
     def totals(self) -> dict[str, int]:
-        actions = self.tensor_actions()
-        return {
-            "params_before": sum(int(np.prod(a.old_shape)) for a in actions),
-            "params_after": sum(int(np.prod(a.new_shape)) for a in actions),
-            "bytes_before": sum(a.old_nbytes for a in actions),
-            "bytes_after": sum(a.new_nbytes for a in actions),
-        }
+        return action_totals(self.tensor_actions())
 
     def record(self) -> dict:
         """The content of surgery_trim.json."""
@@ -246,6 +240,21 @@ def _padding(kept_ids: np.ndarray, config: dict, tokenizer: TokenizerFiles, mult
     candidates = [config.get("pad_token_id"), tokenizer.hf.unk_id() if tokenizer.hf else None]
     pad_source = next((c for c in candidates if type(c) is int and c in kept_set), int(kept_ids[0]))
     return pad_source, np.concatenate([kept_ids, np.full(n_pad, pad_source, dtype=np.int64)])
+
+
+def action_totals(actions: list[TensorAction]) -> dict[str, int]:
+    """Parameters and bytes before and after a trim."""
+    return {
+        "params_before": sum(int(np.prod(a.old_shape)) for a in actions),
+        "params_after": sum(int(np.prod(a.new_shape)) for a in actions),
+        "bytes_before": sum(a.old_nbytes for a in actions),
+        "bytes_after": sum(a.new_nbytes for a in actions),
+    }
+
+
+def trim_totals(ckpt: Checkpoint, vocab: VocabTensors, new_rows: int) -> dict[str, int]:
+    """What trimming to new_rows would save, from headers alone (keep --stats), without planning the files."""
+    return action_totals([a for shard in ckpt.shards for a in _shard_plan(shard, vocab, new_rows).actions])
 
 
 def _shard_plan(shard, vocab: VocabTensors, new_rows: int) -> ShardPlan:

@@ -25,10 +25,13 @@ def ids_in(path):
 def test_size_is_exact_after_trim(fixture, size, copy_fixture, tmp_path):
     src = copy_fixture(fixture)
     ids = tmp_path / "ids.txt"
-    run_cli(["keep", src, "--corpus", CORPUS / "train.txt", "--size", size, "-o", ids, "-q"])
+    figures = json.loads(run_cli(["keep", src, "--corpus", CORPUS / "train.txt", "--size", size, "-o", ids,
+                                  "--json", "-q"]).stdout)
     assert len(ids_in(ids)) == size
     result = json.loads(run_cli(["trim", src, "--keep", ids, "-o", tmp_path / "o", "--json", "-q"]).stdout)
     assert result["new_vocab_rows"] == size
+    for key in ("params_before", "params_after", "bytes_before", "bytes_after"):
+        assert figures[key] == result[key], key  # keep's savings are the trim's
     assert sum(result["added_by_rule"].values()) == 0  # the list is already the final set
 
 
