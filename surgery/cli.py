@@ -73,6 +73,18 @@ def speaks_errors(command):
     return wrapper
 
 
+def vocab_tensor_options(command):
+    """--vocab-tensor and --not-vocab-tensor: settle which tensors have a vocabulary axis."""
+    command = click.option(
+        "--not-vocab-tensor", "not_vocab_tensors", multiple=True, metavar="NAME|GLOB",
+        help="Declare tensors (names or glob patterns) that have no vocabulary axis although one of their sizes "
+             "equals the vocabulary's: they are copied unchanged.")(command)
+    return click.option(
+        "--vocab-tensor", "vocab_tensors", multiple=True, metavar="NAME[:AXIS]",
+        help="Also trim this tensor along AXIS (default 0); when no embedding is found by name, the first one "
+             "named is the embedding.")(command)
+
+
 def common_options(command):
     command = click.option("--debug", is_flag=True, help="Show a traceback on errors.")(command)
     return click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")(command)
@@ -101,15 +113,15 @@ def cli() -> None:
 @click.option("--pad-to-multiple-of", type=click.IntRange(min=1), default=None,
               help="Round the new vocabulary up to a multiple of N rows. Padding rows copy the pad (else unk, "
                    "else first kept) token's row, so they tie with it and are never the argmax.")
-@click.option("--vocab-tensor", "vocab_tensors", multiple=True, metavar="NAME[:AXIS]",
-              help="Name the vocabulary tensors yourself (embedding first) when their names are unknown.")
+@vocab_tensor_options
 @click.option("--link-unchanged", is_flag=True,
               help="Hardlink shards that hold no vocabulary tensor instead of copying them. The output then "
                    "shares those files with CKPT: editing one in place edits both.")
 @common_options
 @speaks_errors
 def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_json: bool, force: bool,
-         pad_to_multiple_of: int | None, vocab_tensors: tuple[str, ...], link_unchanged: bool, quiet: bool) -> None:
+         pad_to_multiple_of: int | None, vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...],
+         link_unchanged: bool, quiet: bool) -> None:
     """Drop the vocabulary rows not listed in KEEP, and rewrite tokenizer and config to match.
 
     Kept ids are renumbered 0..K-1 in their original order. The tokenizer's needs are kept too (special
@@ -125,9 +137,9 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
     if not dry_run:
         _check_output(ckpt, out, force)  # before any work: a refusal should not wait for the plan
     checkpoint = Checkpoint.open(ckpt)
-    vocab = find_vocab_tensors(checkpoint, vocab_tensors)
+    vocab = find_vocab_tensors(checkpoint, vocab_tensors, not_vocab_tensors)
     tokenizer = TokenizerFiles.load(ckpt)
-    keep = KeepList.load(keep_path, vocab.n_rows)
+    keep = KeepList.load(keep_path, max(vocab.n_rows, tokenizer.size()))
     plan = plan_trim(checkpoint, vocab, tokenizer, keep, pad_to_multiple_of=pad_to_multiple_of)
     if dry_run:
         click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
@@ -151,11 +163,11 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
 @click.option("--keep", "keep_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also show the trim plan for this keep list (as `trim --dry-run`).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (schema in README).")
-@click.option("--vocab-tensor", "vocab_tensors", multiple=True, metavar="NAME[:AXIS]",
-              help="Name the vocabulary tensors yourself (embedding first).")
+@vocab_tensor_options
 @common_options
 @speaks_errors
-def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tuple[str, ...], quiet: bool) -> None:
+def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tuple[str, ...],
+            not_vocab_tensors: tuple[str, ...], quiet: bool) -> None:
     """Show shards, parameters, vocabulary tensors, tokenizer and config ids, reading no tensor data.
 
     \b
@@ -164,7 +176,7 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
         surgery inspect ckpt/ --keep ids.txt --json
     """
     checkpoint = Checkpoint.open(ckpt)
-    vocab = find_vocab_tensors(checkpoint, vocab_tensors)
+    vocab = find_vocab_tensors(checkpoint, vocab_tensors, not_vocab_tensors)
     try:
         tokenizer = TokenizerFiles.load(ckpt)
     except CheckpointError as e:
@@ -174,7 +186,7 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
     report = inspect_checkpoint(checkpoint, vocab, tokenizer)
     plan = None
     if keep_path is not None:
-        plan = plan_trim(checkpoint, vocab, tokenizer, KeepList.load(keep_path, vocab.n_rows))
+        plan = plan_trim(checkpoint, vocab, tokenizer, KeepList.load(keep_path, max(vocab.n_rows, tokenizer.size())))
         report["plan"] = plan.to_json()
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -192,10 +204,11 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
 @click.option("--max-docs", type=click.IntRange(min=1), default=None,
               help="Read at most this many documents per corpus.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON document to stdout.")
+@vocab_tensor_options
 @common_options
 @speaks_errors
 def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: int | None, as_json: bool,
-                   quiet: bool) -> None:
+                   vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...], quiet: bool) -> None:
     """Prove OUT against its source CKPT: rows, tensors, config ids, tokenizer, and optionally text.
 
     Every kept row must equal its source row byte for byte, every other tensor must be byte-identical,
@@ -206,7 +219,8 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
     Example:
         surgery verify ckpt/ ckpt-small/ --corpus held-out.txt
     """
-    findings = compare_checkpoints(ckpt, out, tuple(CorpusSpec.parse(c) for c in corpora), max_docs)
+    findings = compare_checkpoints(ckpt, out, tuple(CorpusSpec.parse(c) for c in corpora), max_docs,
+                                   vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors)
     if as_json:
         click.echo(findings_json(findings))
     for finding in findings:
@@ -241,14 +255,16 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
               help="Token strings that must stay, one per line, exactly as in the vocabulary.")
 @click.option("--pad-to-multiple-of", type=click.IntRange(min=1),
               help="Grow the selection until the final size is a multiple of N (no padding rows needed).")
+@vocab_tensor_options
 @click.option("--stats", is_flag=True, help="Print the figures (coverage curve, savings) to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON document to stdout.")
 @common_options
 @speaks_errors
 def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_files: bool, max_docs: int | None,
          max_bytes: int | None, size: int | None, coverage: float | None, min_count: int | None, top_k: int | None,
-         keep_ids: Path | None, keep_tokens: Path | None, pad_to_multiple_of: int | None, stats: bool,
-         as_json: bool, quiet: bool) -> None:
+         keep_ids: Path | None, keep_tokens: Path | None, pad_to_multiple_of: int | None,
+         vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...], stats: bool, as_json: bool,
+         quiet: bool) -> None:
     """Mine corpora with the checkpoint's own tokenizer and write the ids that `trim --keep` reads.
 
     Choose exactly one of --size, --coverage, --min-count, --top-k. The list written is the final kept
@@ -263,7 +279,8 @@ def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_f
     request = mine_keep_list(
         ckpt, [CorpusSpec.parse(c) for c in corpora], field=field, whole_files=whole_files, max_docs=max_docs,
         max_bytes=max_bytes, size=size, coverage=coverage, min_count=min_count, top_k=top_k, keep_ids=keep_ids,
-        keep_tokens=keep_tokens, pad_to_multiple_of=pad_to_multiple_of, progress=meter)
+        keep_tokens=keep_tokens, pad_to_multiple_of=pad_to_multiple_of, vocab_tensors=vocab_tensors,
+        not_vocab_tensors=not_vocab_tensors, progress=meter)
     meter.done()
     output.write_text(request.ids_text())
     if as_json:

@@ -38,34 +38,39 @@ class Finding:
         return {"check": self.check, "ok": self.ok, "detail": self.detail, "examples": self.examples}
 
 
-def compare_checkpoints(src: Path, out: Path, corpora: tuple[CorpusSpec, ...] = (), max_docs: int | None = None) -> list[Finding]:
+def compare_checkpoints(src: Path, out: Path, corpora: tuple[CorpusSpec, ...] = (), max_docs: int | None = None, *,
+                        vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()) -> list[Finding]:
     old, new = Checkpoint.open(src), Checkpoint.open(out)
-    vocab = find_vocab_tensors(old)
+    vocab = find_vocab_tensors(old, vocab_tensors, not_vocab_tensors)
     old_tok, new_tok = TokenizerFiles.load(src), TokenizerFiles.load(out)
-    row_sources, n_kept = _row_sources(out, old_tok, new_tok)
+    row_sources, token_old_ids = _row_sources(out, old_tok, new_tok, vocab.n_rows)
     findings = [_check_tensors(old, new, vocab, row_sources)]
-    findings += _check_configs(src, out, old, new, old_tok, new_tok, vocab.n_rows, len(row_sources))
-    findings += _check_tokenizer(old_tok, new_tok, row_sources[:n_kept])
+    findings += _check_configs(src, out, old, new, old_tok, new_tok, max(vocab.n_rows, old_tok.size()),
+                               len(row_sources), len(token_old_ids))
+    findings += _check_tokenizer(old_tok, new_tok, token_old_ids)
     if corpora:
-        findings += _check_corpora(src, out, old_tok, new_tok, row_sources[:n_kept], corpora, max_docs)
+        findings += _check_corpora(src, out, old_tok, new_tok, token_old_ids, corpora, max_docs)
     return findings
 
 
-def _row_sources(out: Path, old_tok: TokenizerFiles, new_tok: TokenizerFiles) -> tuple[np.ndarray, int]:
-    """The source row of each new row, and how many of them are kept tokens (the rest is padding).
+def _row_sources(out: Path, old_tok: TokenizerFiles, new_tok: TokenizerFiles, n_rows: int):
+    """The source row of each new row (kept tokens, then padding), and the source id of each new token id
+    (the kept rows, then the tokens that have no row).
 
     From surgery_trim.json, else by matching token strings.
     """
     if (out / TRIM_RECORD).exists():
         record = load_json(out / TRIM_RECORD)
         padding = [record["padding_row_source_id"]] * record.get("padding_rows", 0)
-        return np.array(record["old_ids"] + padding, np.int64), len(record["old_ids"])
+        rowless = (record.get("tokens_without_rows") or {}).get("old_ids", [])
+        return np.array(record["old_ids"] + padding, np.int64), np.array(record["old_ids"] + rowless, np.int64)
     old_lookup = old_tok.token_to_id()
     new_tokens = new_tok.id_to_token()
     missing = [t for t in new_tokens.values() if t not in old_lookup]
     if missing:
         raise VerifyError(f"{out}: no {TRIM_RECORD}, and token {missing[0]!r} is not in the source tokenizer")
-    return np.array([old_lookup[new_tokens[new_id]] for new_id in sorted(new_tokens)], np.int64), len(new_tokens)
+    token_old_ids = np.array([old_lookup[new_tokens[new_id]] for new_id in sorted(new_tokens)], np.int64)
+    return token_old_ids[token_old_ids < n_rows], token_old_ids
 
 
 def _check_tensors(old: Checkpoint, new: Checkpoint, vocab, old_ids: np.ndarray) -> Finding:
@@ -75,25 +80,26 @@ def _check_tensors(old: Checkpoint, new: Checkpoint, vocab, old_ids: np.ndarray)
         diff = sorted(set(old_tensors) ^ set(new_tensors))
         problems.append(f"tensor sets differ: {', '.join(diff[:MAX_EXAMPLES])}")
     by_name = vocab.by_name()
-    rows = compared = 0
+    n_rows_compared = compared = 0
     for name in sorted(set(old_tensors) & set(new_tensors)):
         a, b = old_tensors[name], new_tensors[name]
         if name in by_name:
             axis = by_name[name].axis
-            expected_shape = a.shape[:axis] + (len(old_ids),) + a.shape[axis + 1 :]
+            rows = old_ids[old_ids < a.shape[axis]] if by_name[name].prefix else old_ids  # kept ids come first
+            expected_shape = a.shape[:axis] + (len(rows),) + a.shape[axis + 1 :]
             if b.shape != expected_shape or b.dtype != a.dtype:
                 problems.append(f"'{name}' is {b.dtype} {list(b.shape)}, expected {a.dtype} {list(expected_shape)}")
                 continue
-            bad_row = _first_bad_row(a, b, axis, old_ids)
+            bad_row = _first_bad_row(a, b, axis, rows)
             if bad_row is not None:
-                problems.append(f"'{name}' new row {bad_row} differs from source row {old_ids[bad_row]}")
-            rows += len(old_ids)
+                problems.append(f"'{name}' new row {bad_row} differs from source row {rows[bad_row]}")
+            n_rows_compared += len(rows)
         elif a.shape != b.shape or a.dtype != b.dtype or not _same_bytes(a, b):
             problems.append(f"'{name}' differs from its source")
         compared += 1
     if problems:
         return Finding("tensors", False, f"{len(problems)} problem(s)", problems[:MAX_EXAMPLES])
-    return Finding("tensors", True, f"{compared} tensors: {rows} vocab rows equal their source rows, "
+    return Finding("tensors", True, f"{compared} tensors: {n_rows_compared} vocab rows equal their source rows, "
                                     "every other tensor byte-identical")
 
 
@@ -125,7 +131,7 @@ def _same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
     return True
 
 
-def _check_configs(src, out, old, new, old_tok, new_tok, n_rows: int, new_rows: int) -> list[Finding]:
+def _check_configs(src, out, old, new, old_tok, new_tok, n_ids: int, new_rows: int, new_ids: int) -> list[Finding]:
     findings = []
     old_tokens, new_tokens = old_tok.id_to_token(), new_tok.id_to_token()
     pairs = [("config.json", old.config, new.config)]
@@ -133,7 +139,7 @@ def _check_configs(src, out, old, new, old_tok, new_tok, n_rows: int, new_rows: 
         new_generation = load_json(out / GENERATION_CONFIG) if (out / GENERATION_CONFIG).exists() else {}
         pairs.append((GENERATION_CONFIG, load_json(src / GENERATION_CONFIG), new_generation))
     for file, old_config, new_config in pairs:
-        problems = changed_token_ids(old_config, new_config, old_tokens, new_tokens, n_rows, new_rows)
+        problems = changed_token_ids(old_config, new_config, old_tokens, new_tokens, n_ids, new_ids)
         try:
             if file == "config.json" and not vocab_size_keys(new_config, new_rows):
                 problems.append(f"no vocab_size equals the {new_rows} rows written")
@@ -150,7 +156,7 @@ def _check_tokenizer(old_tok: TokenizerFiles, new_tok: TokenizerFiles, old_ids: 
              for new_id, old_id in enumerate(old_ids)
              if int(old_id) in old_tokens and new_tokens.get(new_id) != old_tokens[int(old_id)]]
     extra = sorted(set(new_tokens) - set(range(len(old_ids))))
-    problems = wrong + [f"new id {i} is past the {len(old_ids)} rows" for i in extra]
+    problems = wrong + [f"new id {i} is past the {len(old_ids)} kept tokens" for i in extra]
     findings = [Finding("tokenizer layout", not problems, f"{len(new_tokens)} ids, dense, in source order"
                         if not problems else f"{len(problems)} id(s) wrong", problems[:MAX_EXAMPLES])]
     if old_tok.hf is not None and new_tok.hf is not None and old_tok.hf.kind == "BPE":

@@ -95,16 +95,19 @@ def get_dotted(config: dict, dotted: str):
     return node
 
 
-def patch_config(file: str, config: dict, old_to_new: np.ndarray, new_vocab_size: int) -> tuple[dict, list[ConfigPatch]]:
-    """Return a patched deep copy and the list of changes. Ids past the vocab or negative stay as they are."""
-    n_rows = len(old_to_new)
+def patch_config(file: str, config: dict, old_to_new: np.ndarray,
+                 sizes: dict[str, tuple[int, int]]) -> tuple[dict, list[ConfigPatch]]:
+    """Return a patched deep copy and the list of changes. Ids past the vocab or negative stay as they are.
+
+    `sizes` maps a size key (vocab_size, ...) to its (old, new) value: a key holding the old value is patched.
+    """
     new_config = copy.deepcopy(config)
     patches: list[ConfigPatch] = []
     for prefix, node in walk_dicts(new_config):
         for key in list(node):
             value = node[key]
-            if key in VOCAB_SIZE_KEYS and value == n_rows:
-                new = new_vocab_size
+            if key in sizes and type(value) is int and value == sizes[key][0]:
+                new = sizes[key][1]
             elif key in NOT_IDS:
                 continue
             elif TOKEN_ID_KEY.fullmatch(key):

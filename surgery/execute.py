@@ -111,7 +111,7 @@ def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progres
                                                                                    progress))
             else:
                 writer.write_tensor(spec.name, lambda fd_out, e=entry, a=action: _gather(fd_in, fd_out, e, a,
-                                                                                         plan.row_source))
+                                                                                         plan.rows_for(a)))
                 progress(action.new_nbytes)
     writer.close()
 

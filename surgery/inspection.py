@@ -27,10 +27,12 @@ def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: Tokeniz
         shards.append({"name": shard.path.name, "tensors": len(shard.entries),
                        "nbytes": sum(e.nbytes for e in shard.entries)})
     if isinstance(tokenizer, CheckpointError):
-        tokenizer_report = {"kind": None, "size": None, "padding_rows": None, "error": str(tokenizer)}
+        tokenizer_report = {"kind": None, "size": None, "padding_rows": None, "tokens_without_rows": None,
+                            "error": str(tokenizer)}
     else:
         size = tokenizer.size()
-        tokenizer_report = {"kind": tokenizer.kind(), "size": size, "padding_rows": vocab.n_rows - size}
+        tokenizer_report = {"kind": tokenizer.kind(), "size": size, "padding_rows": max(vocab.n_rows - size, 0),
+                            "tokens_without_rows": max(size - vocab.n_rows, 0)}
     config_keys = {key: get_dotted(ckpt.config, key) for key in vocab_size_keys(ckpt.config, vocab.n_rows)}
     return {
         "source": str(ckpt.root),
@@ -66,7 +68,9 @@ def render(report: dict) -> str:
         lines.append(f"tokenizer: none usable ({tok['error']})")
     else:
         lines.append(f"tokenizer: {tok['kind']}, {tok['size']} ids"
-                     + (f" ({tok['padding_rows']} embedding rows past it are padding)" if tok["padding_rows"] else ""))
+                     + (f" ({tok['padding_rows']} embedding rows past it are padding)" if tok["padding_rows"] else "")
+                     + (f" ({tok['tokens_without_rows']} tokens past the embedding have no row)"
+                        if tok["tokens_without_rows"] else ""))
     lines.append("config: " + ", ".join(f"{k}={v}" for k, v in report["config"]["vocab_size_keys"].items()))
     for key, ids in report["config"]["token_ids"].items():
         lines.append(f"  {key}: {ids if len(ids) > 1 else ids[0]}")

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from surgery.checkpoint import Checkpoint, load_json
 from surgery.corpus import CorpusSpec
 from surgery.errors import InputError
@@ -52,17 +54,18 @@ def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text"
                    max_docs: int | None = None, max_bytes: int | None = None, size: int | None = None,
                    coverage: float | None = None, min_count: int | None = None, top_k: int | None = None,
                    keep_ids: Path | None = None, keep_tokens: Path | None = None,
-                   pad_to_multiple_of: int | None = None, progress: Progress | None = None) -> MinedKeepList:
+                   pad_to_multiple_of: int | None = None, vocab_tensors: tuple[str, ...] = (),
+                   not_vocab_tensors: tuple[str, ...] = (), progress: Progress | None = None) -> MinedKeepList:
     modes = {"--size": size, "--coverage": coverage, "--min-count": min_count, "--top-k": top_k}
     chosen_modes = [name for name, value in modes.items() if value is not None]
     if len(chosen_modes) != 1:
         raise InputError("choose exactly one of --size, --coverage, --min-count, --top-k"
                          + (f" (got {', '.join(chosen_modes)})" if chosen_modes else ""))
     ckpt = Checkpoint.open(root)
-    vocab = find_vocab_tensors(ckpt)
+    vocab = find_vocab_tensors(ckpt, vocab_tensors, not_vocab_tensors)
     tokenizer = TokenizerFiles.load(root)
     n_ids = tokenizer.size()
-    forced = _forced_ids(tokenizer, keep_ids, keep_tokens, vocab.n_rows, n_ids)
+    forced = _forced_ids(tokenizer, keep_ids, keep_tokens, max(vocab.n_rows, n_ids), min(vocab.n_rows, n_ids))
     encode = load_encoder(root)
     counts = [count_tokens(encode, spec, n_ids, field=field, whole_files=whole_files, max_docs=spec.max_docs or max_docs,
                            max_bytes=max_bytes, progress=progress) for spec in corpora]
@@ -77,14 +80,15 @@ def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text"
 
     closure = tokenizer.closure_builder()
     if size is not None:
-        selected = select_size(ranking, size, forced, final_set, closure, n_ids)
+        selected = select_size(ranking, size, forced, final_set, closure, min(n_ids, vocab.n_rows))
     else:
         selected = forced | (select_coverage(ranking, coverage) if coverage is not None else
                              select_min_count(ranking, min_count) if min_count is not None else
                              select_top_k(ranking, top_k))
         if pad_to_multiple_of:
             target = math.ceil(len(final_set(selected)) / pad_to_multiple_of) * pad_to_multiple_of
-            selected = select_size(ranking, min(target, n_ids), selected, final_set, closure, n_ids)
+            selected = select_size(ranking, min(target, n_ids, vocab.n_rows), selected, final_set, closure, min(n_ids, vocab.n_rows))
+    selected = {i for i in selected if i < vocab.n_rows}  # a token without a row is kept by trim, never listed
     kept, additions = final(selected)
     return _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, chosen_modes[0],
                    modes[chosen_modes[0]])
@@ -109,7 +113,7 @@ def _forced_ids(tokenizer: TokenizerFiles, keep_ids: Path | None, keep_tokens: P
 
 
 def _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, mode, value) -> MinedKeepList:
-    totals = trim_totals(ckpt, vocab, len(kept))  # the list is the final set: trim keeps exactly these rows
+    totals = trim_totals(ckpt, vocab, np.array(sorted(kept), dtype=np.int64))  # the list is the final set: trim keeps exactly these rows
     n_ids = tokenizer.size()
     figures = {
         "source": str(root),

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from surgery.checkpoint import OTHER_WEIGHT_SUFFIXES, Checkpoint, dump_json, load_json
-from surgery.config import ConfigPatch, named_token_ids, patch_config, vocab_size_keys
+from surgery.config import VOCAB_SIZE_KEYS, ConfigPatch, named_token_ids, patch_config, vocab_size_keys
 from surgery.errors import CheckpointError, InputError
 from surgery.keep import KeepList, build_old_to_new
 from surgery.safetensors_io import DTYPE_BITS, expected_nbytes
 from surgery.tokenizer_files import TokenizerFiles
-from surgery.vocab_tensors import VocabTensors
+from surgery.vocab_tensors import PREFIX_TABLE_SIZE_KEYS, VocabTensors
 
 TRIM_RECORD = "surgery_trim.json"  # written into OUT: the old id of every new id, and why it was kept
 GENERATION_CONFIG = "generation_config.json"
@@ -58,6 +58,7 @@ class TrimPlan:
     user_ids: int
     kept_ids: np.ndarray  # sorted old ids, new id = position
     row_source: np.ndarray  # old row of each new row: kept_ids, then padding rows
+    rowless_ids: np.ndarray  # old ids of tokens without an embedding row (Gemma-3): new ids after the rows
     pad_source: int | None  # old id whose row fills the padding rows
     additions: tuple[tuple[str, tuple[int, ...]], ...]  # (rule, old ids it added), in rule order
     tokenizer_kind: str
@@ -76,8 +77,20 @@ class TrimPlan:
         return len(self.row_source)
 
     @property
+    def token_old_ids(self) -> np.ndarray:
+        """The old id of every new token id: the kept rows, then the tokens that have no row."""
+        return np.concatenate([self.kept_ids, self.rowless_ids])
+
+    @property
     def old_to_new(self) -> np.ndarray:
-        return build_old_to_new(self.kept_ids, self.n_rows)
+        """New id of every old token id (-1: removed); rows past the tokenizer are never tokens."""
+        return build_old_to_new(self.token_old_ids, max(self.n_rows, self.n_tokens))
+
+    def rows_for(self, action: TensorAction) -> np.ndarray:
+        """The old row of each new row of a gathered tensor: row_source, or for a prefix table (shorter than
+        the embedding) the kept ids below its length, which are the first kept ids."""
+        new_rows = action.new_shape[action.axis]
+        return self.row_source if new_rows == len(self.row_source) else self.kept_ids[:new_rows]
 
     def addition_counts(self) -> dict[str, int]:
         return {rule: len(ids) for rule, ids in self.additions}
@@ -101,6 +114,9 @@ class TrimPlan:
             "added_by_rule": self.addition_counts(),
             "added_ids_by_rule": {rule: list(ids) for rule, ids in self.additions if ids},
             "old_ids": [int(i) for i in self.kept_ids],
+            **({"tokens_without_rows": {"old_ids": [int(i) for i in self.rowless_ids],
+                                        "new_ids": list(range(len(self.kept_ids), len(self.token_old_ids)))}}
+               if len(self.rowless_ids) else {}),
         }
 
     def to_json(self) -> dict:
@@ -165,37 +181,46 @@ def plan_trim(
     n_rows = vocab.n_rows
     vocab_keys = vocab_size_keys(ckpt.config, n_rows)
     n_tokens = tokenizer.size()
-    if n_tokens > n_rows:
-        raise CheckpointError(
-            f"tokenizer has {n_tokens} ids but the embedding has {n_rows} rows ({vocab.tensors[0].entry.name})"
-        )
+    # tokens past the rows (Gemma-3's <image_soft_token>) have no row in the source and get none: they stay
+    # tokens, after the kept rows, in their order
+    rowless_ids = np.arange(n_rows, n_tokens, dtype=np.int64)
+    if len(rowless_ids) and pad_to_multiple_of:
+        raise InputError(f"--pad-to-multiple-of: the tokenizer has {len(rowless_ids)} token(s) without an embedding "
+                         f"row (ids {n_rows}..{n_tokens - 1}), which must follow the last row; padding rows would "
+                         "take their ids")
     notes = list(vocab.notes)
     if not vocab_keys:
         notes.append("config.json has no vocab_size equal to the embedding rows; none patched")
-    user_ids = {i for i in keep.ids if i < n_tokens}
-    if len(user_ids) < len(keep.ids):
-        notes.append(f"{len(keep.ids) - len(user_ids)} requested ids are padding rows past the tokenizer "
+    user_ids = {i for i in keep.ids if i < min(n_tokens, n_rows)}
+    past_tokens = [i for i in keep.ids if n_tokens <= i]
+    if past_tokens:
+        notes.append(f"{len(past_tokens)} requested ids are padding rows past the tokenizer "
                      f"(ids {n_tokens}..{n_rows - 1}), not tokens: dropped")
+    if len(rowless_ids):
+        notes.append(f"{len(rowless_ids)} token(s) have no embedding row (ids {n_rows}..{n_tokens - 1}): kept as "
+                     "tokens without rows, after the kept rows")
     if keep.duplicates:
         notes.append(f"{keep.path.name}: {keep.duplicates} duplicate ids counted once")
     generation = _load_optional(ckpt.root / GENERATION_CONFIG)
     kept, additions = complete_kept_set(ckpt.config, generation, tokenizer, user_ids, n_rows)
     kept_ids = np.array(sorted(kept), dtype=np.int64)
     pad_source, row_source = _padding(kept_ids, ckpt.config, tokenizer, pad_to_multiple_of)
-    old_to_new = build_old_to_new(kept_ids, n_rows)
+    old_to_new = build_old_to_new(np.concatenate([kept_ids, rowless_ids]), max(n_rows, n_tokens))
     files, tok_notes = tokenizer.rewrite(old_to_new)
     notes += tok_notes
-    new_config, patches = patch_config("config.json", ckpt.config, old_to_new, len(row_source))
+    sizes = vocab_sizes(vocab, kept_ids, len(row_source))
+    new_config, patches = patch_config("config.json", ckpt.config, old_to_new, sizes)
     files["config.json"] = dump_json(new_config)
     if generation is not None:
-        new_generation, generation_patches = patch_config(GENERATION_CONFIG, generation, old_to_new, len(row_source))
+        new_generation, generation_patches = patch_config(GENERATION_CONFIG, generation, old_to_new, sizes)
         files[GENERATION_CONFIG] = dump_json(new_generation)
         patches += generation_patches
-    shards = tuple(_shard_plan(shard, vocab, len(row_source)) for shard in ckpt.shards)
+    shards = tuple(_shard_plan(shard, vocab, kept_ids, len(row_source)) for shard in ckpt.shards)
     copied, skipped = _other_files(ckpt, files)
     return TrimPlan(
         src=ckpt.root, n_rows=n_rows, n_tokens=n_tokens, user_ids=len(user_ids), kept_ids=kept_ids,
-        row_source=row_source, pad_source=pad_source, additions=tuple(additions), tokenizer_kind=tokenizer.kind(),
+        row_source=row_source, rowless_ids=rowless_ids, pad_source=pad_source, additions=tuple(additions),
+        tokenizer_kind=tokenizer.kind(),
         vocab=vocab, shards=shards, index_name=ckpt.index_name, index_metadata=ckpt.index_metadata, files=files,
         copied=copied, skipped=skipped, config_patches=tuple(patches), notes=tuple(notes),
     )
@@ -210,8 +235,10 @@ def complete_kept_set(config: dict, generation: dict | None, tokenizer: Tokenize
     config_ids = {i for ids in named_token_ids(config, n_rows).values() for i in ids}
     if generation is not None:
         config_ids |= {i for ids in named_token_ids(generation, n_rows).values() for i in ids}
-    kept = set(user_ids) | config_ids
-    additions = [("config token ids", tuple(sorted(config_ids - set(user_ids))))]
+    config_ids = config_ids - set(range(tokenizer.size(), n_rows))  # padding rows are not tokens
+    user_ids = {i for i in user_ids if i < n_rows}  # a token without a row (Gemma-3) stays one: trim keeps it
+    kept = user_ids | config_ids
+    additions = [("config token ids", tuple(sorted(config_ids - user_ids)))]
     no_timestamps = (generation or {}).get("no_timestamps_token_id")
     if type(no_timestamps) is int and 0 <= no_timestamps < n_rows:
         # whisper: every id after no_timestamps_token_id is a timestamp (generation computes them by offset),
@@ -220,9 +247,20 @@ def complete_kept_set(config: dict, generation: dict | None, tokenizer: Tokenize
         kept |= timestamps
         additions.append(("whisper timestamps", tuple(sorted(timestamps))))
     for rule, ids in tokenizer.required_by_rule(kept):
+        ids = {i for i in ids if i < n_rows}  # a token without a row (Gemma-3) stays a token, never a row
         kept |= ids
         additions.append((rule, tuple(sorted(ids))))
     return kept, additions
+
+
+def vocab_sizes(vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int) -> dict[str, tuple[int, int]]:
+    """Config size keys and their (old, new) values: the vocabulary's, and each prefix table's."""
+    sizes = {key: (vocab.n_rows, new_rows) for key in VOCAB_SIZE_KEYS}
+    for tensor in vocab.tensors:
+        if tensor.prefix:
+            for key in PREFIX_TABLE_SIZE_KEYS:
+                sizes[key] = (tensor.n_rows, int(np.count_nonzero(kept_ids < tensor.n_rows)))
+    return sizes
 
 
 def _padding(kept_ids: np.ndarray, config: dict, tokenizer: TokenizerFiles, multiple: int | None):
@@ -252,12 +290,14 @@ def action_totals(actions: list[TensorAction]) -> dict[str, int]:
     }
 
 
-def trim_totals(ckpt: Checkpoint, vocab: VocabTensors, new_rows: int) -> dict[str, int]:
-    """What trimming to new_rows would save, from headers alone (keep --stats), without planning the files."""
-    return action_totals([a for shard in ckpt.shards for a in _shard_plan(shard, vocab, new_rows).actions])
+def trim_totals(ckpt: Checkpoint, vocab: VocabTensors, kept_ids: np.ndarray) -> dict[str, int]:
+    """What keeping kept_ids would save, from headers alone (keep --stats), without planning the files."""
+    return action_totals([a for shard in ckpt.shards for a in _shard_plan(shard, vocab, kept_ids).actions])
 
 
-def _shard_plan(shard, vocab: VocabTensors, new_rows: int) -> ShardPlan:
+def _shard_plan(shard, vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int | None = None) -> ShardPlan:
+    """Vocabulary tensors take new_rows rows (kept ids, then padding); a prefix table only its kept ids."""
+    new_rows = len(kept_ids) if new_rows is None else new_rows
     by_name = vocab.by_name()
     actions = []
     for entry in shard.entries:
@@ -269,7 +309,8 @@ def _shard_plan(shard, vocab: VocabTensors, new_rows: int) -> ShardPlan:
             raise CheckpointError(
                 f"{shard.path.name}: tensor '{entry.name}' has {entry.dtype}, a packed dtype, rows are not byte-addressable"
             )
-        new_shape = entry.shape[: found.axis] + (new_rows,) + entry.shape[found.axis + 1 :]
+        rows = int(np.count_nonzero(kept_ids < found.n_rows)) if found.prefix else new_rows
+        new_shape = entry.shape[: found.axis] + (rows,) + entry.shape[found.axis + 1 :]
         actions.append(TensorAction(entry.name, shard.path.name, "gather", entry.dtype, entry.shape, new_shape,
                                     found.axis, found.role.value))
     return ShardPlan(shard.path.name, shard.metadata, tuple(actions))

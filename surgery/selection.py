@@ -66,7 +66,8 @@ def select_size(ranking: Ranking, target: int, forced: set[int], final_set: Fina
                 n_ids: int) -> set[int]:
     """Requested ids such that the trimmed vocabulary has exactly `target` rows, additions included.
 
-    Ids are taken best-ranked first (then unseen ids, in id order), each with what it needs (`closure`); one
+    Ids below n_ids (the ids that have rows) are taken best-ranked first (then unseen ids, in id order), each
+    with what it needs (`closure`); one
     whose needs would overshoot the target is passed over, so the size is met exactly. The closure of a set
     is the union of its members' closures, so the running total is the final size; final_set confirms it.
     """
@@ -76,7 +77,7 @@ def select_size(ranking: Ranking, target: int, forced: set[int], final_set: Fina
                          "(special tokens, byte tokens, config ids, forced ids)")
     chosen = set(forced)
     seen = set(ranking.order.tolist())
-    candidates = ranking.order.tolist() + [i for i in range(n_ids) if i not in seen]
+    candidates = [i for i in ranking.order.tolist() if i < n_ids] + [i for i in range(n_ids) if i not in seen]
     for old_id in candidates:
         if len(kept) == target:
             break

@@ -31,14 +31,15 @@ def verify(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
 def _check_config_ids(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> str:
     """config.json and generation_config.json ids name the same tokens as in the source."""
     old_tokens = tokenizer.id_to_token()
-    new_tokens = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.kept_ids)
+    new_tokens = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.token_old_ids)
                   if int(old_id) in old_tokens}
     for name in ("config.json", GENERATION_CONFIG):
         if not (plan.src / name).exists():
             continue
         old_config = json.loads((plan.src / name).read_text(encoding="utf-8"))
         new_config = json.loads((out / name).read_text(encoding="utf-8"))
-        problems = changed_token_ids(old_config, new_config, old_tokens, new_tokens, plan.n_rows, plan.new_rows)
+        problems = changed_token_ids(old_config, new_config, old_tokens, new_tokens,
+                                     max(plan.n_rows, plan.n_tokens), len(plan.token_old_ids))
         if problems:
             raise VerifyError(f"output {name}: {problems[0]}")
     return "config token ids name the same tokens"
@@ -48,8 +49,6 @@ def _check_shards(plan: TrimPlan, out: Path) -> str:
     import safetensors
 
     rng = np.random.default_rng(0)
-    n_new = plan.new_rows
-    sample = np.unique(np.concatenate([[0, n_new - 1], rng.integers(0, n_new, SAMPLE_ROWS)]))
     sampled = 0
     for shard in plan.shards:
         try:
@@ -66,7 +65,11 @@ def _check_shards(plan: TrimPlan, out: Path) -> str:
             if entry is None or entry.shape != action.new_shape or entry.dtype != action.dtype:
                 raise VerifyError(f"output {shard.name}: tensor '{action.name}' is missing or has the wrong shape")
             if action.action == "gather":
-                old = _sampled_rows(src[action.name], action.axis, plan.row_source[sample])
+                rows = plan.rows_for(action)
+                if not len(rows):
+                    continue
+                sample = np.unique(np.concatenate([[0, len(rows) - 1], rng.integers(0, len(rows), SAMPLE_ROWS)]))
+                old = _sampled_rows(src[action.name], action.axis, rows[sample])
                 if old != _sampled_rows(entry, action.axis, sample):
                     raise VerifyError(f"output {shard.name}: rows of '{action.name}' differ from their source rows")
                 sampled += len(sample)
@@ -110,7 +113,8 @@ def _check_tokenizer(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> li
     """The rewritten tokenizer loads in the real libraries and each new id names its old token."""
     checks = []
     old_tokens = tokenizer.id_to_token()
-    expected = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.kept_ids) if int(old_id) in old_tokens}
+    expected = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.token_old_ids)
+                if int(old_id) in old_tokens}
     if (out / TOKENIZER_JSON).exists():
         import tokenizers
 

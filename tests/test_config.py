@@ -11,13 +11,14 @@ from surgery.keep import build_old_to_new
 
 N = 100
 OLD_TO_NEW = build_old_to_new(np.array([0, 1, 2, 10, 50, 99]), N)  # 10 -> 3, 50 -> 4, 99 -> 5
+SIZES = {"vocab_size": (N, 6), "padded_vocab_size": (N, 6)}
 
 
 def test_nested_vocab_sizes_and_ids_are_patched():
     config = {"vocab_size": N, "bos_token_id": 1, "eos_token_id": [2, 99], "pad_token_id": None,
               "image_token_index": 50, "text_config": {"vocab_size": N, "eos_token_id": 10},
               "vision_config": {"vocab_size": 7, "hidden_size": 4}}
-    new, patches = patch_config("config.json", config, OLD_TO_NEW, 6)
+    new, patches = patch_config("config.json", config, OLD_TO_NEW, SIZES)
     assert new["vocab_size"] == 6 and new["text_config"]["vocab_size"] == 6
     assert new["vision_config"]["vocab_size"] == 7  # another vocabulary: not ours
     assert new["eos_token_id"] == [2, 5] and new["image_token_index"] == 4 and new["text_config"]["eos_token_id"] == 3
@@ -32,7 +33,7 @@ def test_generation_config_lists():
                   "force_words_ids": [[[10], [3]]], "sequence_bias": [[[10, 50], -1.0], [[5], 2.0]],
                   "lang_to_id": {"<|en|>": 50, "<|fr|>": 51}, "alignment_heads": [[1, 50]],
                   "max_initial_timestamp_index": 50}
-    new, _ = patch_config("generation_config.json", generation, OLD_TO_NEW, 6)
+    new, _ = patch_config("generation_config.json", generation, OLD_TO_NEW, SIZES)
     assert new["eos_token_id"] == [2, 3]
     assert new["suppress_tokens"] == [3, 4] and new["begin_suppress_tokens"] == []
     assert new["forced_decoder_ids"] == [[1, 4], [2, None]]

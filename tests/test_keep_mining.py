@@ -164,3 +164,44 @@ def test_keep_errors(llama, tmp_path):
     result = run_cli(["keep", llama, "--corpus", tmp_path / "latin1.txt", "--top-k", "3", "-o", tmp_path / "i"],
                      exit_code=2)
     assert result.stderr.startswith(f"Error: {tmp_path / 'latin1.txt'}: not UTF-8 text")
+
+
+@pytest.fixture
+def gemma3_layout(tmp_path):
+    """tokenizer.json one id longer than the embedding, as Gemma-3 270M/1B ship (<image_soft_token>)."""
+    from conftest import tokenizer_checkpoint
+
+    root = tokenizer_checkpoint("bpe-bytelevel-gpt2", tmp_path / "gemma3")
+    tok = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
+    n_rows = tok.get_vocab_size(with_added_tokens=True)
+    tok.add_special_tokens([tokenizers.AddedToken("<image_soft_token>", special=True, normalized=False)])
+    tok.save(str(root / "tokenizer.json"))
+    return root, n_rows
+
+
+def test_keep_never_lists_a_token_without_a_row(gemma3_layout, tmp_path):
+    root, n_rows = gemma3_layout
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{line} <image_soft_token>\n" for line in corpus_lines("train.txt")[:200]))
+    ids = tmp_path / "ids.txt"
+    run_cli(["keep", root, "--corpus", corpus, "--min-count", "1", "-o", ids, "-q"])
+    assert n_rows not in ids_in(ids) and max(ids_in(ids)) < n_rows
+    run_cli(["keep", root, "--corpus", corpus, "--size", "300", "-o", ids, "-q"])
+    assert len(ids_in(ids)) == 300 and n_rows not in ids_in(ids)
+    result = json.loads(run_cli(["trim", root, "--keep", ids, "-o", tmp_path / "o", "--json", "-q"]).stdout)
+    assert result["new_vocab_rows"] == 300
+    record = json.loads((tmp_path / "o" / "surgery_trim.json").read_text())
+    assert record["tokens_without_rows"] == {"old_ids": [n_rows], "new_ids": [300]}
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["vocab_size"] == 300
+    out_tok = tokenizers.Tokenizer.from_file(str(tmp_path / "o" / "tokenizer.json"))
+    assert out_tok.get_vocab_size(with_added_tokens=True) == 301 and out_tok.id_to_token(300) == "<image_soft_token>"
+    run_cli(["verify", root, tmp_path / "o", "--corpus", corpus, "-q"])
+
+
+def test_padding_with_tokens_without_rows_is_refused(gemma3_layout, tmp_path):
+    root, n_rows = gemma3_layout
+    ids = tmp_path / "ids.txt"
+    ids.write_text("5\n")
+    result = run_cli(["trim", root, "--keep", ids, "-o", tmp_path / "o", "--pad-to-multiple-of", "64"], 2)
+    assert result.stderr.startswith("Error: --pad-to-multiple-of: the tokenizer has 1 token(s) without an embedding row")
+    assert not (tmp_path / "o").exists()

@@ -235,3 +235,49 @@ def test_padding_rows_are_never_the_argmax(tmp_path):
     assert logits.shape[-1] == n_rows
     assert int(logits.argmax(-1).max()) < n_kept
     torch.testing.assert_close(logits[..., n_kept:], logits[..., source : source + 1].expand(-1, -1, n_rows - n_kept))
+
+
+def test_tokens_without_rows_stay_tokens_without_rows(tmp_path):
+    """Gemma-3 270M/1B: tokenizer.json has one id more than the embedding (<image_soft_token>). It stays a
+    token without a row, after the kept rows; the model and the text around it behave as before."""
+    arch = Arch("gemma3-text", "Gemma3TextConfig", "Gemma3ForCausalLM", "sp-bpe-llama",
+                TINY | dict(head_dim=8, sliding_window=16))
+    src, n_rows = build(arch, tmp_path / "src")
+    tok = tokenizers.Tokenizer.from_file(str(src / "tokenizer.json"))
+    tok.add_special_tokens([tokenizers.AddedToken("<image_soft_token>", special=True, normalized=False)])
+    tok.save(str(src / "tokenizer.json"))
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {str(n_rows): {"content": "<image_soft_token>", "special": True, "lstrip": False,
+                                                   "rstrip": False, "normalized": False, "single_word": False}}
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    keep = write_keep(tmp_path / "ids.txt", keep_ids(TOKENIZERS / arch.tokenizer) + [n_rows])  # its id is accepted
+    out = tmp_path / "out"
+    run_cli(["trim", src, "--keep", keep, "-o", out, "-q"])
+    record = json.loads((out / "surgery_trim.json").read_text())
+    n_kept = len(record["old_ids"])
+    assert record["tokens_without_rows"] == {"old_ids": [n_rows], "new_ids": [n_kept]}
+    assert n_rows not in record["old_ids"] and record["new_vocab_rows"] == n_kept
+    trimmed = transformers.Gemma3ForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert trimmed.config.vocab_size == n_kept == trimmed.get_input_embeddings().weight.shape[0]
+
+    original_tok = transformers.AutoTokenizer.from_pretrained(src)
+    trimmed_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert len(trimmed_tok) == n_kept + 1 and len(original_tok) == n_rows + 1  # longer than the rows by one, as before
+    assert trimmed_tok.convert_ids_to_tokens(n_kept) == "<image_soft_token>"
+    old_to_new = {old: new for new, old in enumerate(record["old_ids"] + [n_rows])}
+    texts = kept_texts(original_tok, old_to_new)
+    assert len(texts) >= 3
+    original = transformers.Gemma3ForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    with_token = [original_tok(f"{text} <image_soft_token> {text}").input_ids for text, _ in texts]
+    assert all(n_rows in ids for ids in with_token)
+    compared = [ids for ids in with_token if all(i in old_to_new for i in ids)]
+    assert compared
+    for (text, _), old_ids in zip(texts, with_token):
+        if old_ids in compared:
+            assert trimmed_tok(f"{text} <image_soft_token> {text}").input_ids == [old_to_new[i] for i in old_ids]
+    for text, ids in texts:
+        new_ids = [old_to_new[i] for i in ids]
+        with torch.no_grad():
+            old_logits = original(input_ids=torch.tensor([ids])).logits[..., record["old_ids"]]
+            new_logits = trimmed(input_ids=torch.tensor([new_ids])).logits
+        torch.testing.assert_close(new_logits, old_logits, rtol=1e-6, atol=1e-5)
