@@ -27,3 +27,7 @@ class VerifyError(SurgeryError):
     """The output failed its checks; nothing was moved into place."""
 
     exit_code = 3
+
+
+class OutputFullError(SurgeryError):
+    """The disk, a quota or the file-size limit stopped a write; nothing was moved into place."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from surgery.checkpoint import dump_json
+from surgery.errors import OutputFullError
 from surgery.plan import TRIM_RECORD, ShardPlan, TensorAction, TrimPlan
 from surgery.safetensors_io import (
     READ_BLOCK_NBYTES,
@@ -30,6 +33,22 @@ SHARD_WORKERS = int(os.environ.get("SURGERY_SHARD_WORKERS", "2"))
 Progress = Callable[[int], None]  # called with the number of bytes just written
 
 
+FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def writing(name: str):
+    """A full disk, quota or file-size limit while writing `name` becomes one clear error naming the file."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in FULL_ERRNOS:
+            raise
+        what = "the file-size limit" if e.errno == errno.EFBIG else "a full disk or quota"
+        raise OutputFullError(f"writing {name}: stopped by {what} ({e.strerror}); nothing was written, "
+                              "the output folder was not created") from e
+
+
 def apply_plan(plan: TrimPlan, out: Path, *, link_unchanged: bool = False, progress: Progress | None = None) -> None:
     """Write the trimmed checkpoint into `out` (which must not exist yet)."""
     progress = progress or (lambda nbytes: None)
@@ -39,18 +58,25 @@ def apply_plan(plan: TrimPlan, out: Path, *, link_unchanged: bool = False, progr
         # the disk busier than one (cp -r copies one file at a time)
         for done in [pool.submit(_write_one, plan, shard, out, link_unchanged, progress) for shard in plan.shards]:
             done.result()
+    for name, write in _small_files(plan, out):
+        with writing(name):
+            write()
+    sync_tree(out)
+
+
+def _small_files(plan: TrimPlan, out: Path):
+    """(name, write) for the index, the rewritten files, the copied files and the trim record."""
     if plan.index_name:
-        _write_index(plan, out / plan.index_name)
+        yield plan.index_name, lambda: _write_index(plan, out / plan.index_name)
     for name, content in plan.files.items():
-        (out / name).write_bytes(content)
+        yield name, lambda name=name, content=content: (out / name).write_bytes(content)
     for name in plan.copied:
         source = plan.src / name
         if source.is_dir():
-            shutil.copytree(source, out / name, symlinks=True)
+            yield name, lambda source=source, name=name: shutil.copytree(source, out / name, symlinks=True)
         else:
-            shutil.copy2(source, out / name)
-    (out / TRIM_RECORD).write_bytes(dump_json(plan.record()))
-    sync_tree(out)
+            yield name, lambda source=source, name=name: shutil.copy2(source, out / name)
+    yield TRIM_RECORD, lambda: (out / TRIM_RECORD).write_bytes(dump_json(plan.record()))
 
 
 def sync_tree(root: Path) -> None:
@@ -75,10 +101,11 @@ def _fsync(path: Path) -> None:
 
 def _write_one(plan: TrimPlan, shard: ShardPlan, out: Path, link_unchanged: bool, progress: Progress) -> None:
     src = plan.src / shard.name
-    if shard.changed:
-        _write_shard(plan, shard, src, out / shard.name, progress)
-    else:
-        _copy_unchanged(src, out / shard.name, link_unchanged, progress)
+    with writing(shard.name):
+        if shard.changed:
+            _write_shard(plan, shard, src, out / shard.name, progress)
+        else:
+            _copy_unchanged(src, out / shard.name, link_unchanged, progress)
 
 
 def _copy_unchanged(src: Path, dst: Path, link: bool, progress: Progress) -> None:

@@ -332,7 +332,9 @@ def test_disk_full_leaves_nothing(big, tmp_path):
     result = subprocess.run([sys.executable, "-c", code, "trim", str(src), "--keep", str(keep), "-o",
                              str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == "Error: File too large"
+    assert result.stderr.splitlines()[-1] == (
+        "Error: writing model.safetensors: stopped by the file-size limit (File too large); nothing was written, "
+        "the output folder was not created")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
     assert snapshot(src) == before
@@ -392,3 +394,22 @@ def test_hugging_face_cache_snapshot_of_symlinks(tmp_path, link):
     assert not any(p.is_symlink() for p in out.iterdir())
     assert (out / "model-00002-of-00002.safetensors").read_bytes() == (source / "model-00002-of-00002.safetensors").read_bytes()
     assert json.loads(run_cli(["verify", snapshot, out, "--json", "-q"]).stdout)["ok"] is True
+
+
+def test_full_disk_names_the_file_and_leaves_nothing(copy_fixture, tmp_path, monkeypatch):
+    import errno
+
+    import surgery.execute
+
+    src = copy_fixture("llama-untied")
+    before = snapshot(src)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(surgery.execute, "write_all", full)  # the gather of the vocabulary rows
+    result = run_cli(["trim", src, "--keep", KEEP / "basic.txt", "-o", tmp_path / "out", "-q"], 1)
+    assert result.stderr == ("Error: writing model.safetensors: stopped by a full disk or quota (No space left on "
+                             "device); nothing was written, the output folder was not created\n")
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+    assert snapshot(src) == before
