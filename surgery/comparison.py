@@ -134,14 +134,14 @@ def _same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
 def _check_configs(src, out, old, new, old_tok, new_tok, n_ids: int, new_rows: int, new_ids: int) -> list[Finding]:
     findings = []
     old_tokens, new_tokens = old_tok.id_to_token(), new_tok.id_to_token()
-    pairs = [("config.json", old.config, new.config)]
+    pairs = [(name, config, new.configs.get(name, {})) for name, config in old.configs.items()]
     if (src / GENERATION_CONFIG).exists():
         new_generation = load_json(out / GENERATION_CONFIG) if (out / GENERATION_CONFIG).exists() else {}
         pairs.append((GENERATION_CONFIG, load_json(src / GENERATION_CONFIG), new_generation))
     for file, old_config, new_config in pairs:
         problems = changed_token_ids(old_config, new_config, old_tokens, new_tokens, n_ids, new_ids)
         try:
-            if file == "config.json" and not vocab_size_keys(new_config, new_rows):
+            if file != GENERATION_CONFIG and not vocab_size_keys(new_config, new_rows, file):
                 problems.append(f"no vocab_size equals the {new_rows} rows written")
         except CheckpointError as e:
             problems.append(str(e))

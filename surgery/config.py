@@ -71,7 +71,7 @@ def _is_id(value: object, n_rows: int) -> bool:
     return type(value) is int and 0 <= value < n_rows
 
 
-def vocab_size_keys(config: dict, n_rows: int) -> list[str]:
+def vocab_size_keys(config: dict, n_rows: int, file: str = "config.json") -> list[str]:
     """Dotted keys holding the vocab size; raise if the config disagrees with the tensors."""
     keys, other = [], []
     for prefix, node in walk_dicts(config):
@@ -81,8 +81,8 @@ def vocab_size_keys(config: dict, n_rows: int) -> list[str]:
     if not keys and other:
         first = other[0]
         raise CheckpointError(
-            f"config.json: {first} is {get_dotted(config, first)} but the embedding has {n_rows} rows",
-            hint="the config does not describe these weights; fix config.json or name the tensors with --vocab-tensor",
+            f"{file}: {first} is {get_dotted(config, first)} but the embedding has {n_rows} rows",
+            hint=f"the config does not describe these weights; fix {file} or name the tensors with --vocab-tensor",
         )
     return keys
 

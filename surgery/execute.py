@@ -66,8 +66,8 @@ def apply_plan(plan: TrimPlan, out: Path, *, link_unchanged: bool = False, progr
 
 def _small_files(plan: TrimPlan, out: Path):
     """(name, write) for the index, the rewritten files, the copied files and the trim record."""
-    if plan.index_name:
-        yield plan.index_name, lambda: _write_index(plan, out / plan.index_name)
+    for index in plan.indexes:
+        yield index.name, lambda index=index: _write_index(plan, index, out / index.name)
     for name, content in plan.files.items():
         yield name, lambda name=name, content=content: (out / name).write_bytes(content)
     for name in plan.copied:
@@ -177,10 +177,10 @@ def _gather(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorAction, r
             write_all(fd_out, view)
 
 
-def _write_index(plan: TrimPlan, path: Path) -> None:
+def _write_index(plan: TrimPlan, index, path: Path) -> None:
     """The index keeps its metadata, with total_size (and total_parameters if present) recomputed."""
-    actions = plan.tensor_actions()
-    metadata = dict(plan.index_metadata or {})
+    actions = [action for shard in plan.shards if shard.name in index.shards for action in shard.actions]
+    metadata = dict(index.metadata or {})
     metadata["total_size"] = sum(a.new_nbytes for a in actions)
     if "total_parameters" in metadata:
         metadata["total_parameters"] = sum(int(np.prod(a.new_shape)) for a in actions)

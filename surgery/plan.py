@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.checkpoint import OTHER_WEIGHT_SUFFIXES, Checkpoint, dump_json, load_json
+from surgery.checkpoint import OTHER_WEIGHT_SUFFIXES, Checkpoint, ShardIndex, dump_json, load_json
 from surgery.config import VOCAB_SIZE_KEYS, ConfigPatch, named_token_ids, patch_config, vocab_size_keys
 from surgery.errors import CheckpointError, InputError
 from surgery.keep import KeepList, build_old_to_new
@@ -64,8 +64,7 @@ class TrimPlan:
     tokenizer_kind: str
     vocab: VocabTensors
     shards: tuple[ShardPlan, ...]
-    index_name: str | None
-    index_metadata: dict | None
+    indexes: tuple[ShardIndex, ...]  # index files to rebuild, with the shards each lists
     files: dict  # name -> new bytes (tokenizer files, config.json, generation_config.json)
     copied: tuple[str, ...]  # names copied unchanged (files and folders)
     skipped: tuple[str, ...]  # other weight formats, not carried into OUT
@@ -179,7 +178,7 @@ def plan_trim(
 ) -> TrimPlan:
     """Decide the kept set and every action. Reads no tensor bytes."""
     n_rows = vocab.n_rows
-    vocab_keys = vocab_size_keys(ckpt.config, n_rows)
+    vocab_keys = {name: vocab_size_keys(config, n_rows, name) for name, config in ckpt.configs.items()}
     n_tokens = tokenizer.size()
     # tokens past the rows (Gemma-3's <image_soft_token>) have no row in the source and get none: they stay
     # tokens, after the kept rows, in their order
@@ -189,8 +188,9 @@ def plan_trim(
                          f"row (ids {n_rows}..{n_tokens - 1}), which must follow the last row; padding rows would "
                          "take their ids")
     notes = list(vocab.notes)
-    if not vocab_keys:
-        notes.append("config.json has no vocab_size equal to the embedding rows; none patched")
+    for name, keys in vocab_keys.items():
+        if not keys:
+            notes.append(f"{name} has no vocab_size equal to the embedding rows; none patched")
     user_ids = {i for i in keep.ids if i < min(n_tokens, n_rows)}
     past_tokens = [i for i in keep.ids if n_tokens <= i]
     if past_tokens:
@@ -209,8 +209,11 @@ def plan_trim(
     files, tok_notes = tokenizer.rewrite(old_to_new)
     notes += tok_notes
     sizes = vocab_sizes(vocab, kept_ids, len(row_source))
-    new_config, patches = patch_config("config.json", ckpt.config, old_to_new, sizes)
-    files["config.json"] = dump_json(new_config)
+    patches = []
+    for name, config in ckpt.configs.items():
+        new_config, config_patches = patch_config(name, config, old_to_new, sizes)
+        files[name] = dump_json(new_config)
+        patches += config_patches
     if generation is not None:
         new_generation, generation_patches = patch_config(GENERATION_CONFIG, generation, old_to_new, sizes)
         files[GENERATION_CONFIG] = dump_json(new_generation)
@@ -221,7 +224,7 @@ def plan_trim(
         src=ckpt.root, n_rows=n_rows, n_tokens=n_tokens, user_ids=len(user_ids), kept_ids=kept_ids,
         row_source=row_source, rowless_ids=rowless_ids, pad_source=pad_source, additions=tuple(additions),
         tokenizer_kind=tokenizer.kind(),
-        vocab=vocab, shards=shards, index_name=ckpt.index_name, index_metadata=ckpt.index_metadata, files=files,
+        vocab=vocab, shards=shards, indexes=ckpt.indexes, files=files,
         copied=copied, skipped=skipped, config_patches=tuple(patches), notes=tuple(notes),
     )
 
@@ -318,8 +321,7 @@ def _shard_plan(shard, vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int 
 
 def _other_files(ckpt: Checkpoint, rewritten: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
     written = set(rewritten) | {s.path.name for s in ckpt.shards} | {TRIM_RECORD}
-    if ckpt.index_name:
-        written.add(ckpt.index_name)
+    written.update(index.name for index in ckpt.indexes)
     copied, skipped = [], []
     for path in sorted(ckpt.root.iterdir()):
         if path.name in written or path.name.startswith("."):

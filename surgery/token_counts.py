@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from surgery.corpus import CorpusSpec, read_documents
-from surgery.tokenizer_files import SP_MODEL_NAMES, TOKENIZER_JSON
+from surgery.errors import CheckpointError
+from surgery.tokenizer_files import SP_MODEL_NAMES, SP_VERSIONED_GLOB, TEKKEN_JSON, TOKENIZER_JSON
 
 BATCH_DOCS = 2000
 
@@ -44,9 +45,18 @@ def load_encoder(root: Path) -> Encoder:
         return lambda docs: [e.ids for e in encode(docs, add_special_tokens=False)]
     import sentencepiece
 
-    name = next(n for n in SP_MODEL_NAMES if (root / n).exists())
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(root / name))
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(root / _sp_model_name(root)))
     return lambda docs: processor.encode(docs, num_threads=-1)
+
+
+def _sp_model_name(root: Path) -> str:
+    name = next((n for n in SP_MODEL_NAMES if (root / n).exists()), None)
+    name = name or next((p.name for p in sorted(root.glob(SP_VERSIONED_GLOB))), None)
+    if name is None:
+        raise CheckpointError(f"{root}: tokenizing text needs {TOKENIZER_JSON} or a SentencePiece model; "
+                              f"{TEKKEN_JSON} alone is not read by surgery's encoder",
+                              hint="mine the ids on the Hugging Face folder of the same model (it has tokenizer.json)")
+    return name
 
 
 def load_decoder(root: Path) -> Callable[[list[int]], str]:
@@ -57,7 +67,7 @@ def load_decoder(root: Path) -> Callable[[list[int]], str]:
         return tokenizers.Tokenizer.from_file(str(root / TOKENIZER_JSON)).decode
     import sentencepiece
 
-    name = next(n for n in SP_MODEL_NAMES if (root / n).exists())
+    name = _sp_model_name(root)
     return sentencepiece.SentencePieceProcessor(model_file=str(root / name)).decode
 
 

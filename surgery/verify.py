@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.checkpoint import CONFIG_FILES
 from surgery.config import changed_token_ids, vocab_size_keys
 from surgery.errors import CheckpointError, VerifyError
 from surgery.plan import GENERATION_CONFIG, TrimPlan
@@ -29,11 +30,11 @@ def verify(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
 
 
 def _check_config_ids(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> str:
-    """config.json and generation_config.json ids name the same tokens as in the source."""
+    """config.json, params.json and generation_config.json ids name the same tokens as in the source."""
     old_tokens = tokenizer.id_to_token()
     new_tokens = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.token_old_ids)
                   if int(old_id) in old_tokens}
-    for name in ("config.json", GENERATION_CONFIG):
+    for name in (*CONFIG_FILES, GENERATION_CONFIG):
         if not (plan.src / name).exists():
             continue
         old_config = json.loads((plan.src / name).read_text(encoding="utf-8"))
@@ -98,15 +99,19 @@ def _edges(entry) -> bytes:
 
 
 def _check_config(plan: TrimPlan, out: Path) -> str:
-    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    old_keys = vocab_size_keys(json.loads((plan.src / "config.json").read_text(encoding="utf-8")), plan.n_rows)
-    try:
-        new_keys = vocab_size_keys(config, plan.new_rows)
-    except CheckpointError as e:
-        raise VerifyError(f"output {e}") from e
-    if old_keys and new_keys != old_keys:
-        raise VerifyError(f"output config.json: {', '.join(old_keys)} must all be the {plan.new_rows} rows written")
-    return f"config.json vocab_size = {plan.new_rows}"
+    """Every config's vocab size keys are the rows written."""
+    for name in CONFIG_FILES:
+        if not (plan.src / name).exists():
+            continue
+        config = json.loads((out / name).read_text(encoding="utf-8"))
+        old_keys = vocab_size_keys(json.loads((plan.src / name).read_text(encoding="utf-8")), plan.n_rows, name)
+        try:
+            new_keys = vocab_size_keys(config, plan.new_rows, name)
+        except CheckpointError as e:
+            raise VerifyError(f"output {e}") from e
+        if old_keys and new_keys != old_keys:
+            raise VerifyError(f"output {name}: {', '.join(old_keys)} must all be the {plan.new_rows} rows written")
+    return f"config vocab_size = {plan.new_rows}"
 
 
 def _check_tokenizer(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:

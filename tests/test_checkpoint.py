@@ -12,9 +12,9 @@ from surgery.errors import CheckpointError
 
 def test_single_and_sharded(copy_fixture):
     single = Checkpoint.open(copy_fixture("llama-untied"))
-    assert single.index_name is None and [s.path.name for s in single.shards] == ["model.safetensors"]
+    assert single.indexes == () and [s.path.name for s in single.shards] == ["model.safetensors"]
     sharded = Checkpoint.open(copy_fixture("qwen-tied-sharded"))
-    assert sharded.index_name == "model.safetensors.index.json"
+    assert [index.name for index in sharded.indexes] == ["model.safetensors.index.json"]
     assert len(sharded.shards) == 2 and "model.norm.weight" in sharded.tensors()
 
 

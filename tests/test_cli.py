@@ -268,11 +268,11 @@ def test_tokenizer_errors(runner, copy_fixture):
     refuse(runner, src, keep, 1,
            "tokenizer.json: tokenizer model type 'Ngram' is not supported (supported: BPE, WordPiece, WordLevel, Unigram)")
     (src / "tokenizer.json").unlink()
-    refuse(runner, src, keep, 1, f"{src}: no tokenizer; need tokenizer.json or a SentencePiece model "
+    refuse(runner, src, keep, 1, f"{src}: no tokenizer; need tokenizer.json, tekken.json or a SentencePiece model "
                                  "(tokenizer.model, spiece.model, sentencepiece.bpe.model, sentencepiece.model)")
     (src / "vocab.txt").write_text("[PAD]\n[UNK]\n")
-    refuse(runner, src, keep, 1, f"{src}: only vocab.txt, which surgery does not rewrite alone; need tokenizer.json "
-                                 "or a SentencePiece model (tokenizer.model, spiece.model, sentencepiece.bpe.model, "
+    refuse(runner, src, keep, 1, f"{src}: only vocab.txt, which surgery does not rewrite alone; need tokenizer.json, "
+                                 "tekken.json or a SentencePiece model (tokenizer.model, spiece.model, sentencepiece.bpe.model, "
                                  "sentencepiece.model)")
     (src / "tokenizer.json").write_bytes(b"\xff\xfe not utf-8")
     refuse(runner, src, keep, 1, "tokenizer.json: cannot read: 'utf-8' codec can't decode byte 0xff in position 0: "

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tokenizers
 from conftest import TOKENIZERS, corpus_lines, run_cli, write_keep
@@ -98,6 +99,13 @@ ARCHS = [
                                  num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
               mm_tokens_per_image=4, image_token_index=5, boi_token_index=6, eoi_token_index=7),
          expect_tied=True),
+    # Gemma-3n: a per-layer token table covering only the first vocab_size_per_layer_input ids (800 tokens here)
+    Arch("gemma3n-per-layer-table", "Gemma3nTextConfig", "Gemma3nForCausalLM", "sp-bpe-llama",
+         dict(vocab_size_per_layer_input=700, hidden_size=16, hidden_size_per_layer_input=4, intermediate_size=32,
+              num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=16,
+              layer_types=["sliding_attention", "full_attention"], activation_sparsity_pattern=[0.0, 0.0],
+              num_kv_shared_layers=0, altup_num_inputs=2, laurel_rank=4, max_position_embeddings=128),
+         expect_tied=True),
 ]
 
 
@@ -133,6 +141,10 @@ def keep_ids(tok_dir: Path, share: float = 0.5) -> list[int]:
     return [i for i, _ in counts.most_common(int(tok.get_vocab_size(True) * share))]
 
 
+def original_per_layer_rows(src: Path) -> int:
+    return json.loads((src / "config.json").read_text())["vocab_size_per_layer_input"]
+
+
 def kept_texts(original_tok, old_to_new: dict[int, int], limit: int = 6) -> list[tuple[str, list[int]]]:
     """Held-back texts whose original ids (specials included) are all kept, with those ids."""
     found = []
@@ -165,6 +177,10 @@ def test_trimmed_model_gives_the_same_logits(arch, tmp_path):
     trimmed = getattr(transformers, arch.model).from_pretrained(out, **load).eval()
     assert trimmed.config.get_text_config().vocab_size == len(old_ids)
     assert trimmed.get_input_embeddings().weight.shape[0] == len(old_ids)
+    if hasattr(trimmed.config, "vocab_size_per_layer_input"):  # gemma-3n: the kept ids below the table's length
+        below = sum(1 for i in old_ids if i < original_per_layer_rows(src))
+        assert trimmed.config.vocab_size_per_layer_input == below < original_per_layer_rows(src)
+        assert trimmed.model.embed_tokens_per_layer.weight.shape[0] == below
     if arch.expect_tied is not None:
         head_tensors = [t["name"] for t in json.loads(run_cli(
             ["trim", src, "--keep", keep, "--dry-run", "--json"]).stdout)["tensors"] if t["role"] == "head"]
@@ -281,3 +297,70 @@ def test_tokens_without_rows_stay_tokens_without_rows(tmp_path):
             old_logits = original(input_ids=torch.tensor([ids])).logits[..., record["old_ids"]]
             new_logits = trimmed(input_ids=torch.tensor([new_ids])).logits
         torch.testing.assert_close(new_logits, old_logits, rtol=1e-6, atol=1e-5)
+
+
+def test_multi_token_prediction_layer_is_trimmed_with_the_model(tmp_path):
+    """DeepSeek-V3 / GLM-4.5 store an MTP layer at index num_hidden_layers with its own embedding and head;
+    vLLM and SGLang read it for speculative decoding, so it must lose the same rows as the main ones."""
+    from safetensors.numpy import load_file, save_file
+
+    arch = Arch("deepseek-v3", "DeepseekV3Config", "DeepseekV3ForCausalLM", "sp-bpe-llama",
+                dict(hidden_size=16, intermediate_size=32, moe_intermediate_size=8, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=2, n_routed_experts=4, n_shared_experts=1,
+                     num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=8, q_lora_rank=8,
+                     qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, n_group=1, topk_group=1,
+                     max_position_embeddings=128, tie_word_embeddings=False))
+    src, n_tokens = build(arch, tmp_path / "src")
+    tensors = load_file(src / "model.safetensors")
+    rng = np.random.default_rng(1)
+    mtp = {"model.layers.2.embed_tokens.weight": (n_tokens, 16), "model.layers.2.shared_head.head.weight": (n_tokens, 16),
+           "model.layers.2.shared_head.norm.weight": (16,), "model.layers.2.eh_proj.weight": (16, 32),
+           "model.layers.2.enorm.weight": (16,), "model.layers.2.hnorm.weight": (16,)}
+    tensors |= {name: rng.standard_normal(shape).astype(np.float32) for name, shape in mtp.items()}
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    keep = write_keep(tmp_path / "ids.txt", keep_ids(TOKENIZERS / arch.tokenizer))
+    out = tmp_path / "out"
+    run_cli(["trim", src, "--keep", keep, "-o", out, "-q"])
+    old_ids = json.loads((out / "surgery_trim.json").read_text())["old_ids"]
+    trimmed_tensors = load_file(out / "model.safetensors")
+    for name in ("model.layers.2.embed_tokens.weight", "model.layers.2.shared_head.head.weight"):
+        assert np.array_equal(trimmed_tensors[name], tensors[name][old_ids]), name
+    assert all(n_tokens not in t.shape for t in trimmed_tensors.values())
+    original = transformers.DeepseekV3ForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    trimmed = transformers.DeepseekV3ForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    old_to_new = {old: new for new, old in enumerate(old_ids)}
+    texts = kept_texts(transformers.AutoTokenizer.from_pretrained(src), old_to_new)
+    assert len(texts) >= 3
+    for _, ids in texts:
+        with torch.no_grad():
+            expected = original(input_ids=torch.tensor([ids])).logits[..., old_ids]
+            got = trimmed(input_ids=torch.tensor([[old_to_new[i] for i in ids]])).logits
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_hidden_size_equal_to_vocab_size_is_refused_then_trimmed_when_declared(tmp_path):
+    """No guessing: every projection of this model has an axis of the vocabulary's length."""
+    n_tokens = tokenizers.Tokenizer.from_file(str(TOKENIZERS / "sp-bpe-llama" / "tokenizer.json")).get_vocab_size(True)
+    arch = Arch("llama-wide", "LlamaConfig", "LlamaForCausalLM", "sp-bpe-llama",
+                TINY | dict(hidden_size=n_tokens, num_attention_heads=n_tokens // 8, head_dim=8, num_key_value_heads=1,
+                            tie_word_embeddings=False))
+    src, _ = build(arch, tmp_path / "src")
+    keep = write_keep(tmp_path / "ids.txt", keep_ids(TOKENIZERS / arch.tokenizer))
+    out = tmp_path / "out"
+    for command in (["trim", src, "--keep", keep, "-o", out], ["inspect", src]):
+        result = run_cli(command, 1)
+        assert result.stderr.startswith(f"Error: 10 tensor(s) outside the vocabulary tensors have an axis of the "
+                                        f"vocabulary's length {n_tokens}: 'model.layers.0.input_layernorm.weight'")
+        assert "--not-vocab-tensor 'model.layers.*' --not-vocab-tensor 'model.norm.weight'" in result.stderr
+    assert not out.exists()
+    run_cli(["trim", src, "--keep", keep, "-o", out, "-q", "--not-vocab-tensor", "model.layers.*",
+             "--not-vocab-tensor", "model.norm.weight"])
+    old_ids = json.loads((out / "surgery_trim.json").read_text())["old_ids"]
+    original = transformers.LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    trimmed = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert trimmed.model.layers[0].self_attn.q_proj.weight.shape == (n_tokens, n_tokens)  # untouched
+    ids = [i for i in old_ids[:12]]
+    with torch.no_grad():
+        expected = original(input_ids=torch.tensor([ids])).logits[..., old_ids]
+        got = trimmed(input_ids=torch.tensor([list(range(12))])).logits
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)

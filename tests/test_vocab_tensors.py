@@ -23,7 +23,7 @@ def checkpoint(tensors: dict[str, tuple[int, ...]], config: dict | None = None) 
         entries.append(TensorEntry(name, "F32", shape, Path("model.safetensors"), offset, offset + nbytes))
         offset += nbytes
     shard = ShardHeader(Path("model.safetensors"), 0, None, tuple(entries))
-    return Checkpoint(Path("ckpt"), config or {"vocab_size": V}, (shard,), None, None)
+    return Checkpoint(Path("ckpt"), {"config.json": config or {"vocab_size": V}}, (shard,))
 
 
 FAMILIES = {

@@ -1,7 +1,9 @@
 """The tokenizer files of a checkpoint, taken together: which ids they need kept, and their rewrite.
 
 tokenizer.json (when present) is the authority for ids; a SentencePiece model beside it is matched to it by
-piece string, which also covers the fairseq layout (XLM-R, mBART: model id = piece id + 1).
+piece string, which also covers the fairseq layout (XLM-R, mBART: model id = piece id + 1). Mistral folders
+hold a second layout beside the Hugging Face one: `tokenizer.model.v3`/`.v7` SentencePiece copies (rewritten
+like tokenizer.model) and `tekken.json` (checked id by id against tokenizer.json, rewritten with it).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from surgery.checkpoint import dump_json, load_json
 from surgery.errors import CheckpointError
 from surgery.tokenizer_files.hf_json import HfTokenizerJson, filter_merge_pairs
 from surgery.tokenizer_files.sp_model import NORMAL, SpModel, load_check
+from surgery.tokenizer_files.tekken import TEKKEN_JSON, TekkenJson
+from surgery.tokenizer_files.tekken import load_check as tekken_load_check
 
 TOKENIZER_JSON = "tokenizer.json"
 SP_MODEL_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "sentencepiece.model")
+SP_VERSIONED_GLOB = "tokenizer.model.v*"  # mistral: tokenizer.model.v3, .v7 (mistral-common and vLLM read these)
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 ADDED_TOKENS_JSON = "added_tokens.json"
@@ -36,6 +41,8 @@ class TokenizerFiles:
     sp: SpModel | None
     sp_name: str | None
     side: dict = field(default_factory=dict)  # file name -> parsed content of the small side files
+    tekken: TekkenJson | None = None
+    sp_copies: tuple[SpModel, ...] = ()  # further SentencePiece files with the same pieces (tokenizer.model.v3)
 
     @classmethod
     def load(cls, root: Path) -> TokenizerFiles:
@@ -44,14 +51,26 @@ class TokenizerFiles:
         if (root / TOKENIZER_JSON).exists():
             hf = HfTokenizerJson.parse(TOKENIZER_JSON, _read_text(root / TOKENIZER_JSON))
             hf.check_layout()
-        sp_name = next((n for n in SP_MODEL_NAMES if (root / n).exists()), None)
-        sp = SpModel.parse(sp_name, (root / sp_name).read_bytes()) if sp_name else None
-        if hf is None and sp is None:
-            slow = [n for n in (VOCAB_TXT, VOCAB_JSON, "tekken.json", "tokenizer.tiktoken", "qwen.tiktoken")
+        sp_names = [n for n in SP_MODEL_NAMES if (root / n).exists()]
+        sp_names += sorted(p.name for p in root.glob(SP_VERSIONED_GLOB) if p.is_file())
+        sp_models = [SpModel.parse(name, (root / name).read_bytes()) for name in sp_names]
+        sp, sp_name = (sp_models[0], sp_names[0]) if sp_models else (None, None)
+        for copy in sp_models[1:]:
+            if copy.pieces() != sp.pieces():
+                raise CheckpointError(f"{copy.name}: its pieces differ from {sp_name}; cannot rewrite both consistently")
+        tekken = None
+        if (root / TEKKEN_JSON).exists():
+            tekken = TekkenJson.parse(TEKKEN_JSON, _read_text(root / TEKKEN_JSON))
+            if hf is None and sp is not None:
+                raise CheckpointError(f"{root}: {TEKKEN_JSON} and {sp_name} but no {TOKENIZER_JSON} to say which ids "
+                                      "are right")
+        if hf is None and sp is None and tekken is None:
+            slow = [n for n in (VOCAB_TXT, VOCAB_JSON, "tokenizer.tiktoken", "qwen.tiktoken")
                     if (root / n).exists()]
             what = f"only {', '.join(slow)}, which surgery does not rewrite alone" if slow else "no tokenizer"
             raise CheckpointError(
-                f"{root}: {what}; need {TOKENIZER_JSON} or a SentencePiece model ({', '.join(SP_MODEL_NAMES)})",
+                f"{root}: {what}; need {TOKENIZER_JSON}, {TEKKEN_JSON} or a SentencePiece model "
+                f"({', '.join(SP_MODEL_NAMES)})",
                 hint="save the tokenizer with a fast tokenizer (tokenizer.save_pretrained) to get tokenizer.json",
             )
         side = {}
@@ -61,8 +80,10 @@ class TokenizerFiles:
         for name in (VOCAB_TXT, MERGES_TXT, *CHAT_TEMPLATE_FILES):
             if (root / name).exists():
                 side[name] = _read_text(root / name).split("\n")
-        files = cls(root, hf, sp, sp_name, side)
+        files = cls(root, hf, sp, sp_name, side, tekken, tuple(sp_models[1:]))
         files.piece_to_model_id()  # validates that the SentencePiece model agrees with tokenizer.json
+        if tekken is not None and hf is not None:
+            _check_tekken_matches(tekken, hf)
         return files
 
     # ---- ids ----------------------------------------------------------------------------------------
@@ -70,6 +91,8 @@ class TokenizerFiles:
     def token_to_id(self) -> dict[str, int]:
         if self.hf is not None:
             return self.hf.token_to_id()
+        if self.tekken is not None:
+            return {token: old_id for old_id, token in enumerate(self.tekken.tokens())}
         mapping = {piece: index for index, piece in enumerate(self.sp.pieces())}
         config = self.side.get(TOKENIZER_CONFIG) or {}
         extra_ids = config.get("extra_ids")
@@ -92,13 +115,18 @@ class TokenizerFiles:
         if self.hf is not None:
             extra = " byte-level" if self.hf.is_byte_level() else ""
             extra += " byte_fallback" if self.hf.model.get("byte_fallback") else ""
+            extra += f" (+ {TEKKEN_JSON})" if self.tekken is not None else ""
             return f"tokenizer.json {self.hf.kind}{extra}"
+        if self.tekken is not None:
+            return f"{TEKKEN_JSON} byte-level BPE"
         return f"SentencePiece {self.model_type()}"
 
     def model_type(self) -> str:
         """BPE, Unigram, WordPiece or WordLevel: tokenizer.json's model, else the SentencePiece one."""
         if self.hf is not None:
             return self.hf.kind
+        if self.tekken is not None:
+            return "BPE"
         return {1: "Unigram", 2: "BPE"}[self.sp.proto.trainer_spec.model_type]
 
     def piece_to_model_id(self) -> list[int]:
@@ -163,8 +191,11 @@ class TokenizerFiles:
             specials |= self.hf.special_ids()
         if self.sp is not None:
             specials |= {piece_ids[index] for index in self.sp.special_pieces()}
+        if self.tekken is not None:
+            specials |= self.tekken.special_ids()
         add("special tokens", specials)
-        add("byte alphabet", self.hf.byte_alphabet_ids() if self.hf else set())
+        add("byte alphabet", (self.hf.byte_alphabet_ids() if self.hf else set())
+            | (self.tekken.byte_ids() if self.tekken else set()))
         fallback = self.hf.byte_fallback_ids() if self.hf else set()
         if self.sp is not None:
             fallback |= {piece_ids[index] for index in self.sp.byte_pieces()}
@@ -180,6 +211,9 @@ class TokenizerFiles:
     def closure_builder(self):
         """ids -> the ids the tokenizer's merges or Unigram pieces need for them; a union over members."""
         hf_closure = self.hf.closure_builder() if self.hf is not None else (lambda kept: set())
+        if self.tekken is not None:  # tokenizer.json's merges and tekken's ranks: keep what either needs
+            tekken_closure = self.tekken.closure_builder()
+            return lambda kept: hf_closure(kept) | tekken_closure(kept)
         if self.sp is None:
             return hf_closure
         piece_ids = self.piece_to_model_id()
@@ -210,9 +244,16 @@ class TokenizerFiles:
         if self.sp is not None:
             piece_ids = self.piece_to_model_id()
             kept_pieces = [index for index, model_id in enumerate(piece_ids) if new_id(model_id) >= 0]
-            raw = self.sp.rewrite(kept_pieces)
-            load_check(self.sp_name, raw)
-            out[self.sp_name] = raw
+            for model in (self.sp, *self.sp_copies):
+                raw = model.rewrite(kept_pieces)
+                load_check(model.name, raw)
+                out[model.name] = raw
+        if self.tekken is not None:
+            raw = self.tekken.rewrite(new_id)
+            old_tokens = self.tekken.tokens()
+            new_order = sorted((new_id(old), old) for old in range(self.tekken.size()) if new_id(old) >= 0)
+            tekken_load_check(TEKKEN_JSON, raw, [old_tokens[old] for _, old in new_order])
+            out[TEKKEN_JSON] = raw
         config = self.side.get(TOKENIZER_CONFIG)
         if isinstance(config, dict) and isinstance(config.get("added_tokens_decoder"), dict):
             decoder = {str(new_id(int(k))): v for k, v in config["added_tokens_decoder"].items() if new_id(int(k)) >= 0}
@@ -230,6 +271,18 @@ class TokenizerFiles:
             if MERGES_TXT in self.side:
                 out[MERGES_TXT] = _rewrite_merges_txt(self.side[MERGES_TXT], vocab)
         return out, notes
+
+
+def _check_tekken_matches(tekken: TekkenJson, hf: HfTokenizerJson) -> None:
+    """tekken.json and tokenizer.json must name the same token at every id, or neither can be trusted."""
+    hf_tokens = {old_id: token for token, old_id in hf.token_to_id().items()}
+    if hf.size() != tekken.size():
+        raise CheckpointError(f"{TEKKEN_JSON}: {tekken.size()} ids but {TOKENIZER_JSON} has {hf.size()}; the two "
+                              "tokenizer files disagree")
+    for old_id, token in enumerate(tekken.tokens()):
+        if hf_tokens.get(old_id) != token:
+            raise CheckpointError(f"{TEKKEN_JSON}: id {old_id} is {token!r} but {TOKENIZER_JSON} has "
+                                  f"{hf_tokens.get(old_id)!r}; the two tokenizer files disagree")
 
 
 def _rewrite_merges_txt(lines: list[str], vocab: dict) -> bytes:
