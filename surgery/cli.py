@@ -114,6 +114,9 @@ def cli() -> None:
               help="Round the new vocabulary up to a multiple of N rows. Padding rows copy the pad (else unk, "
                    "else first kept) token's row, so they tie with it and are never the argmax.")
 @vocab_tensor_options
+@click.option("--drop-reserved", is_flag=True,
+              help="Do not keep reserved placeholder tokens (<unusedN>, <|reserved_special_token_N|>, <SPECIAL_N> "
+                   "...) that no chat template, config or post-processor names.")
 @click.option("--link-unchanged", is_flag=True,
               help="Hardlink shards that hold no vocabulary tensor instead of copying them. The output then "
                    "shares those files with CKPT: editing one in place edits both.")
@@ -121,7 +124,7 @@ def cli() -> None:
 @speaks_errors
 def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_json: bool, force: bool,
          pad_to_multiple_of: int | None, vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...],
-         link_unchanged: bool, quiet: bool) -> None:
+         drop_reserved: bool, link_unchanged: bool, quiet: bool) -> None:
     """Drop the vocabulary rows not listed in KEEP, and rewrite tokenizer and config to match.
 
     Kept ids are renumbered 0..K-1 in their original order. The tokenizer's needs are kept too (special
@@ -140,7 +143,8 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
     vocab = find_vocab_tensors(checkpoint, vocab_tensors, not_vocab_tensors)
     tokenizer = TokenizerFiles.load(ckpt)
     keep = KeepList.load(keep_path, max(vocab.n_rows, tokenizer.size()))
-    plan = plan_trim(checkpoint, vocab, tokenizer, keep, pad_to_multiple_of=pad_to_multiple_of)
+    plan = plan_trim(checkpoint, vocab, tokenizer, keep, pad_to_multiple_of=pad_to_multiple_of,
+                     drop_reserved=drop_reserved)
     if dry_run:
         click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
         return
@@ -256,6 +260,8 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
 @click.option("--pad-to-multiple-of", type=click.IntRange(min=1),
               help="Grow the selection until the final size is a multiple of N (no padding rows needed).")
 @vocab_tensor_options
+@click.option("--drop-reserved", is_flag=True,
+              help="Do not keep reserved placeholder tokens that nothing names (see trim --help).")
 @click.option("--stats", is_flag=True, help="Print the figures (coverage curve, savings) to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON document to stdout.")
 @common_options
@@ -263,8 +269,8 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
 def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_files: bool, max_docs: int | None,
          max_bytes: int | None, size: int | None, coverage: float | None, min_count: int | None, top_k: int | None,
          keep_ids: Path | None, keep_tokens: Path | None, pad_to_multiple_of: int | None,
-         vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...], stats: bool, as_json: bool,
-         quiet: bool) -> None:
+         vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...], drop_reserved: bool, stats: bool,
+         as_json: bool, quiet: bool) -> None:
     """Mine corpora with the checkpoint's own tokenizer and write the ids that `trim --keep` reads.
 
     Choose exactly one of --size, --coverage, --min-count, --top-k. The list written is the final kept
@@ -280,7 +286,7 @@ def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_f
         ckpt, [CorpusSpec.parse(c) for c in corpora], field=field, whole_files=whole_files, max_docs=max_docs,
         max_bytes=max_bytes, size=size, coverage=coverage, min_count=min_count, top_k=top_k, keep_ids=keep_ids,
         keep_tokens=keep_tokens, pad_to_multiple_of=pad_to_multiple_of, vocab_tensors=vocab_tensors,
-        not_vocab_tensors=not_vocab_tensors, progress=meter)
+        not_vocab_tensors=not_vocab_tensors, drop_reserved=drop_reserved, progress=meter)
     meter.done()
     output.write_text(request.ids_text())
     if as_json:

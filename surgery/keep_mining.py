@@ -12,7 +12,7 @@ from surgery.checkpoint import Checkpoint, load_json
 from surgery.corpus import CorpusSpec
 from surgery.errors import InputError
 from surgery.keep import KeepList
-from surgery.plan import GENERATION_CONFIG, complete_kept_set, trim_totals
+from surgery.plan import GENERATION_CONFIG, complete_kept_set, config_token_ids, trim_totals
 from surgery.selection import (
     Ranking,
     select_coverage,
@@ -45,6 +45,9 @@ class MinedKeepList:
                       f"coverage {c['coverage']:.4%}" for c in f["corpora"]]
             lines.append("coverage curve: " + ", ".join(f"{n}: {v:.4%}" for n, v in f["coverage_curve"].items()))
             lines.append("added by trim rules: " + ", ".join(f"{k} +{v}" for k, v in f["added_by_rule"].items()))
+            if f["reserved_rows"]:
+                lines.append(f"reserved placeholder tokens: {f['reserved_rows']:,} rows (e.g. {f['reserved_example']}) "
+                             "that no template or config names; --drop-reserved frees them")
             lines.append(f"parameters {f['params_before']:,} -> {f['params_after']:,}, bytes {f['bytes_before']:,} "
                          f"-> {f['bytes_after']:,} ({f['bytes_saved_share']:.1%} saved)")
         return "\n".join(lines)
@@ -55,7 +58,8 @@ def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text"
                    coverage: float | None = None, min_count: int | None = None, top_k: int | None = None,
                    keep_ids: Path | None = None, keep_tokens: Path | None = None,
                    pad_to_multiple_of: int | None = None, vocab_tensors: tuple[str, ...] = (),
-                   not_vocab_tensors: tuple[str, ...] = (), progress: Progress | None = None) -> MinedKeepList:
+                   not_vocab_tensors: tuple[str, ...] = (), drop_reserved: bool = False,
+                   progress: Progress | None = None) -> MinedKeepList:
     modes = {"--size": size, "--coverage": coverage, "--min-count": min_count, "--top-k": top_k}
     chosen_modes = [name for name, value in modes.items() if value is not None]
     if len(chosen_modes) != 1:
@@ -70,10 +74,11 @@ def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text"
     counts = [count_tokens(encode, spec, n_ids, field=field, whole_files=whole_files, max_docs=spec.max_docs or max_docs,
                            max_bytes=max_bytes, progress=progress) for spec in corpora]
     ranking = Ranking.of(counts)
-    generation = load_json(root / GENERATION_CONFIG) if (root / GENERATION_CONFIG).exists() else None
+    generation = _load_generation(root)
 
     def final(ids: set[int]) -> tuple[set[int], list[tuple[str, tuple[int, ...]]]]:
-        return complete_kept_set(ckpt.config, generation, tokenizer, ids, vocab.n_rows)
+        return complete_kept_set(list(ckpt.configs.values()), generation, tokenizer, ids, vocab.n_rows,
+                                 drop_reserved=drop_reserved)
 
     def final_set(ids: set[int]) -> set[int]:
         return final(ids)[0]
@@ -92,6 +97,10 @@ def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text"
     kept, additions = final(selected)
     return _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, chosen_modes[0],
                    modes[chosen_modes[0]])
+
+
+def _load_generation(root: Path) -> dict | None:
+    return load_json(root / GENERATION_CONFIG) if (root / GENERATION_CONFIG).exists() else None
 
 
 def _forced_ids(tokenizer: TokenizerFiles, keep_ids: Path | None, keep_tokens: Path | None, n_rows: int,
@@ -113,6 +122,10 @@ def _forced_ids(tokenizer: TokenizerFiles, keep_ids: Path | None, keep_tokens: P
 
 
 def _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, mode, value) -> MinedKeepList:
+    # placeholders that hold rows (all of them unless dropped) and that no config names
+    named = config_token_ids(list(ckpt.configs.values()), _load_generation(root), tokenizer, vocab.n_rows)
+    reserved = (tokenizer.reserved_ids() - named) & kept
+    id_to_token = tokenizer.id_to_token()
     totals = trim_totals(ckpt, vocab, np.array(sorted(kept), dtype=np.int64))  # the list is the final set: trim keeps exactly these rows
     n_ids = tokenizer.size()
     figures = {
@@ -127,6 +140,8 @@ def _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, addit
         "kept": len(kept),
         "added_by_rule": {rule: len(ids) for rule, ids in additions},
         "coverage": ranking.coverage(kept),
+        "reserved_rows": len(reserved),
+        "reserved_example": id_to_token.get(min(reserved)) if reserved else None,
         "corpora": [{"path": c.spec.path, "weight": c.spec.weight, "documents": c.documents, "bytes": c.nbytes,
                      "tokens": c.tokens, "coverage": float(c.counts[sorted(kept)].sum() / max(c.tokens, 1))}
                     for c in counts],

@@ -175,6 +175,7 @@ def plan_trim(
     keep: KeepList,
     *,
     pad_to_multiple_of: int | None = None,
+    drop_reserved: bool = False,
 ) -> TrimPlan:
     """Decide the kept set and every action. Reads no tensor bytes."""
     n_rows = vocab.n_rows
@@ -202,7 +203,8 @@ def plan_trim(
     if keep.duplicates:
         notes.append(f"{keep.path.name}: {keep.duplicates} duplicate ids counted once")
     generation = _load_optional(ckpt.root / GENERATION_CONFIG)
-    kept, additions = complete_kept_set(ckpt.config, generation, tokenizer, user_ids, n_rows)
+    kept, additions = complete_kept_set(list(ckpt.configs.values()), generation, tokenizer, user_ids, n_rows,
+                                        drop_reserved=drop_reserved)
     kept_ids = np.array(sorted(kept), dtype=np.int64)
     pad_source, row_source = _padding(kept_ids, ckpt.config, tokenizer, pad_to_multiple_of)
     old_to_new = build_old_to_new(np.concatenate([kept_ids, rowless_ids]), max(n_rows, n_tokens))
@@ -229,16 +231,15 @@ def plan_trim(
     )
 
 
-def complete_kept_set(config: dict, generation: dict | None, tokenizer: TokenizerFiles, user_ids: set[int],
-                      n_rows: int) -> tuple[set[int], list[tuple[str, tuple[int, ...]]]]:
+def complete_kept_set(configs: list[dict], generation: dict | None, tokenizer: TokenizerFiles, user_ids: set[int],
+                      n_rows: int, *, drop_reserved: bool = False) -> tuple[set[int], list[tuple[str, tuple[int, ...]]]]:
     """The user's ids plus every id the configs name and the tokenizer needs, with the ids each rule added.
 
     This is the single definition of the final kept set: `trim` keeps it and `keep --size` sizes it.
+    `configs` are config.json and/or params.json; with `drop_reserved`, reserved placeholder tokens that
+    nothing names are not kept as special tokens.
     """
-    config_ids = {i for ids in named_token_ids(config, n_rows).values() for i in ids}
-    if generation is not None:
-        config_ids |= {i for ids in named_token_ids(generation, n_rows).values() for i in ids}
-    config_ids = config_ids - set(range(tokenizer.size(), n_rows))  # padding rows are not tokens
+    config_ids = config_token_ids(configs, generation, tokenizer, n_rows)
     user_ids = {i for i in user_ids if i < n_rows}  # a token without a row (Gemma-3) stays one: trim keeps it
     kept = user_ids | config_ids
     additions = [("config token ids", tuple(sorted(config_ids - user_ids)))]
@@ -249,11 +250,18 @@ def complete_kept_set(config: dict, generation: dict | None, tokenizer: Tokenize
         timestamps = set(range(no_timestamps, tokenizer.size())) - kept
         kept |= timestamps
         additions.append(("whisper timestamps", tuple(sorted(timestamps))))
-    for rule, ids in tokenizer.required_by_rule(kept):
+    for rule, ids in tokenizer.required_by_rule(kept, drop_reserved=drop_reserved):
         ids = {i for i in ids if i < n_rows}  # a token without a row (Gemma-3) stays a token, never a row
         kept |= ids
         additions.append((rule, tuple(sorted(ids))))
     return kept, additions
+
+
+def config_token_ids(configs: list[dict], generation: dict | None, tokenizer: TokenizerFiles, n_rows: int) -> set[int]:
+    """Every token id the configs name (`*_token_id`, forced_decoder_ids), except padding rows (not tokens)."""
+    named = {i for config in [*configs, generation or {}] for ids in named_token_ids(config, n_rows).values()
+             for i in ids}
+    return named - set(range(tokenizer.size(), n_rows))
 
 
 def vocab_sizes(vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int) -> dict[str, tuple[int, int]]:

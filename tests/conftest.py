@@ -48,12 +48,12 @@ def write_keep(path: Path, ids) -> Path:
     return path
 
 
-def tokenizer_checkpoint(kind: str, root: Path, *, extra_rows: int = 0) -> Path:
-    """A minimal checkpoint around a fixture tokenizer: config.json and a random F32 embedding."""
+def tokenizer_checkpoint(kind: str | Path, root: Path, *, extra_rows: int = 0) -> Path:
+    """A minimal checkpoint around a tokenizer (a fixture kind, or a folder): config.json and a random F32 embedding."""
     from surgery.safetensors_io import ShardWriter, TensorSpec, write_all
 
     root.mkdir(parents=True)
-    for path in (TOKENIZERS / kind).iterdir():
+    for path in (kind if isinstance(kind, Path) else TOKENIZERS / kind).iterdir():
         shutil.copy(path, root / path.name)
     from surgery.tokenizer_files import TokenizerFiles
 

@@ -200,3 +200,21 @@ def test_tekken_that_disagrees_with_tokenizer_json_is_refused(mistral_folder, ke
     assert result.stderr.startswith("Error: tekken.json: id 1500 is ")
     assert "the two tokenizer files disagree" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_drop_reserved_frees_the_special_fillers(mistral_folder, keep_list, tmp_path):
+    """tekken's <SPECIAL_20>..<SPECIAL_999> fillers take 980 rows; --drop-reserved frees them."""
+    out = tmp_path / "out"
+    run_cli(["trim", mistral_folder, "--keep", keep_list, "-o", out, "-q", "--drop-reserved"])
+    record = json.loads((out / "surgery_trim.json").read_text())
+    target = Tekkenizer.from_file(str(out / "tekken.json"))
+    assert target.num_special_tokens == 20 and target.n_words == record["new_vocab_rows"]
+    assert [target.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
+    source = Tekkenizer.from_file(str(mistral_folder / "tekken.json"))
+    old_to_new = {old: new for new, old in enumerate(record["old_ids"])}
+    lines = [line for line in corpus_lines("heldout.txt")
+             if all(i in old_to_new for i in source.encode(line, bos=True, eos=True))]
+    assert lines
+    for line in lines:
+        assert target.encode(line, bos=True, eos=True) == [old_to_new[i] for i in source.encode(line, bos=True, eos=True)]
+    run_cli(["verify", mistral_folder, out, "-q"])

@@ -8,6 +8,7 @@ like tokenizer.model) and `tekken.json` (checked id by id against tokenizer.json
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,15 @@ VOCAB_TXT = "vocab.txt"
 VOCAB_JSON = "vocab.json"
 MERGES_TXT = "merges.txt"
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # transformers v5 writes templates apart
+# Reserved placeholder tokens: special tokens that exist only to be fine-tuned into later. One pattern per
+# family; a token matching one is a placeholder only if no template, config or post-processor names it.
+RESERVED_PATTERNS = (
+    re.compile(r"<unused\d+>"),  # gemma 1/2/3
+    re.compile(r"<\|reserved_special_token_\d+\|>"),  # llama-3
+    re.compile(r"<SPECIAL_\d+>"),  # mistral tekken fillers
+    re.compile(r"<\|dummy_\d+\|>"),  # phi-4
+    re.compile(r"<｜place▁holder▁no▁\d+｜>"),  # deepseek-v3
+)
 NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 LIST_SPECIALS = ("additional_special_tokens", "extra_special_tokens")
 
@@ -175,8 +185,19 @@ class TokenizerFiles:
         decoder = (self.side.get(TOKENIZER_CONFIG) or {}).get("added_tokens_decoder") or {}
         return [info.get("content", "") for info in decoder.values() if isinstance(info, dict)]
 
-    def required_by_rule(self, kept: set[int]) -> list[tuple[str, set[int]]]:
-        """Ids the tokenizer needs beside `kept`, rule by rule, each set disjoint from what came before."""
+    def reserved_ids(self) -> set[int]:
+        """Reserved placeholders (<unusedN>, <|reserved_special_token_N|> ...) that nothing names: no chat
+        template, tokenizer_config entry, post-processor, padding or unk. Config ids are kept by their own rule."""
+        named = self.named_special_ids()
+        if self.hf is not None:
+            named |= self.hf.named_ids()
+        return {old_id for token, old_id in self.token_to_id().items()
+                if old_id not in named and any(p.fullmatch(token) for p in RESERVED_PATTERNS)}
+
+    def required_by_rule(self, kept: set[int], *, drop_reserved: bool = False) -> list[tuple[str, set[int]]]:
+        """Ids the tokenizer needs beside `kept`, rule by rule, each set disjoint from what came before.
+
+        With drop_reserved, unnamed reserved placeholders are not kept as special tokens."""
         kept = set(kept)
         rules: list[tuple[str, set[int]]] = []
 
@@ -193,6 +214,8 @@ class TokenizerFiles:
             specials |= {piece_ids[index] for index in self.sp.special_pieces()}
         if self.tekken is not None:
             specials |= self.tekken.special_ids()
+        if drop_reserved:
+            specials -= self.reserved_ids()
         add("special tokens", specials)
         add("byte alphabet", (self.hf.byte_alphabet_ids() if self.hf else set())
             | (self.tekken.byte_ids() if self.tekken else set()))

@@ -92,8 +92,11 @@ class HfTokenizerJson:
 
     def special_ids(self) -> set[int]:
         """Special added tokens, post-processor and padding ids, and the model's unk token."""
-        ids = {a["id"] for a in self.added_tokens() if a.get("special")}
-        ids.update(_post_processor_ids(self.data.get("post_processor")))
+        return {a["id"] for a in self.added_tokens() if a.get("special")} | self.named_ids()
+
+    def named_ids(self) -> set[int]:
+        """Ids the tokenizer itself uses: post-processor and padding ids, and the model's unk token."""
+        ids = set(_post_processor_ids(self.data.get("post_processor")))
         padding = self.data.get("padding")
         if isinstance(padding, dict) and isinstance(padding.get("pad_id"), int):
             ids.add(padding["pad_id"])
