@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from surgery.safetensors_io import DTYPE_BITS, expected_nbytes
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.vocab_tensors import PREFIX_TABLE_SIZE_KEYS, VocabTensors
 
+# vocabularies in formats surgery does not rewrite: never copied stale beside a trimmed model
+UNREWRITTEN_TOKENIZER_FILES = ("*.tiktoken", "tiktoken.model", "tekken*.json")
 TRIM_RECORD = "surgery_trim.json"  # written into OUT: the old id of every new id, and why it was kept
 GENERATION_CONFIG = "generation_config.json"
 
@@ -334,6 +337,10 @@ def _other_files(ckpt: Checkpoint, rewritten: dict) -> tuple[tuple[str, ...], tu
     for path in sorted(ckpt.root.iterdir()):
         if path.name in written or path.name.startswith("."):
             continue
+        if any(fnmatch.fnmatchcase(path.name, pattern) for pattern in UNREWRITTEN_TOKENIZER_FILES):
+            raise CheckpointError(
+                f"{path.name}: a tokenizer file surgery does not rewrite; copied, it would no longer match the "
+                "trimmed vocabulary", hint=f"trim a copy of the folder without {path.name}")
         (skipped if _holds_weights(path) else copied).append(path.name)
     return tuple(copied), tuple(skipped)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -54,3 +55,33 @@ def test_load_json_errors(tmp_path):
     (tmp_path / "bad.json").write_text('{"a": }')
     with pytest.raises(CheckpointError, match=r"bad.json: not valid JSON \(line 1: Expecting value\)"):
         load_json(tmp_path / "bad.json")
+
+
+def test_native_layout_refusals(copy_fixture):
+    root = copy_fixture("llama-untied")
+    shutil.copy(root / "model.safetensors", root / "consolidated-00001-of-00002.safetensors")
+    shutil.copy(root / "model.safetensors", root / "consolidated-00002-of-00002.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        Checkpoint.open(root)
+    assert str(info.value) == (f"{root}: 2 .safetensors files but no consolidated.safetensors.index.json to say how "
+                               "they fit together")
+    (root / "consolidated-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError) as info:
+        Checkpoint.open(root)  # the same names in both layouts cannot be told apart
+    assert str(info.value).startswith("model.safetensors: tensor '") and "is also in consolidated-00001" in str(info.value)
+    (root / "model.safetensors").unlink()
+    (root / "config.json").unlink()
+    with pytest.raises(CheckpointError) as info:
+        Checkpoint.open(root)
+    assert str(info.value) == f"{root}: consolidated-00001-of-00002.safetensors but no params.json or config.json"
+
+
+def test_a_tokenizer_file_that_cannot_be_rewritten_is_refused(copy_fixture, tmp_path):
+    from conftest import KEEP, run_cli
+
+    root = copy_fixture("llama-untied")
+    (root / "qwen.tiktoken").write_text("IQ== 0\n")
+    result = run_cli(["trim", root, "--keep", KEEP / "basic.txt", "-o", tmp_path / "out"], 1)
+    assert result.stderr.startswith("Error: qwen.tiktoken: a tokenizer file surgery does not rewrite; copied, it would "
+                                    "no longer match the trimmed vocabulary")
+    assert not (tmp_path / "out").exists()
