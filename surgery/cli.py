@@ -24,16 +24,25 @@ from surgery.comparison import compare_checkpoints, findings_json
 from surgery.corpus import CorpusSpec
 from surgery.errors import CheckpointError, InputError, SurgeryError, VerifyError
 from surgery.execute import apply_plan
+from surgery.gguf_trim import (
+    check_gguf_output_path,
+    check_keep_range,
+    default_output,
+    open_gguf,
+    plan_gguf_trim,
+    write_gguf_verified,
+)
+from surgery.gguf_reports import compare_gguf, inspect_gguf
 from surgery.inspection import inspect_checkpoint, render
 from surgery.keep import KeepList
 from surgery.keep_mining import mine_keep_list
 from surgery.plan import plan_trim
 from surgery.tokenizer_files import TokenizerFiles
+from surgery.staging import partial_path, remove_stale_partials
 from surgery.verify import verify
 from surgery.vocab_tensors import find_vocab_tensors
 
 LOG = logging.getLogger("surgery")
-PARTIAL = ".partial-"
 
 
 class UserFacingError(click.ClickException):
@@ -102,11 +111,11 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--keep", "keep_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="File of token ids to keep: integers, one or more per line, '#' comments.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False),
-              help="Output folder. Default: CKPT-trimmed next to CKPT.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output folder (a .gguf file for a GGUF source). Default: CKPT-trimmed next to CKPT.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (the plan or the result).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -131,11 +140,18 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
     tokens, byte alphabet or byte-fallback tokens, BPE merge intermediates, Unigram characters), and each
     addition is reported. OUT gets surgery_trim.json, the old id of every new id.
 
+    CKPT is a Hugging Face folder or a GGUF file (the first part of a split one); a GGUF keeps its split
+    layout and gets the trim record in its metadata (`surgery.trim_record`).
+
     \b
     Example:
         surgery trim ckpt/ --keep ids.txt -o ckpt-small/
         surgery trim ckpt/ --keep ids.txt --dry-run --json
+        surgery trim model-Q4_K_M.gguf --keep ids.txt -o model-fr-Q4_K_M.gguf
     """
+    if is_gguf(ckpt):
+        return _trim_gguf(ckpt, keep_path, output, dry_run, as_json, force, pad_to_multiple_of, vocab_tensors,
+                          not_vocab_tensors, drop_reserved, quiet)
     out = output if output is not None else ckpt.parent / f"{ckpt.resolve().name}-trimmed"
     if not dry_run:
         _check_output(ckpt, out, force)  # before any work: a refusal should not wait for the plan
@@ -163,7 +179,7 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
 
 
 @cli.command()
-@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--keep", "keep_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also show the trim plan for this keep list (as `trim --dry-run`).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (schema in README).")
@@ -178,7 +194,27 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
     Example:
         surgery inspect ckpt/
         surgery inspect ckpt/ --keep ids.txt --json
+        surgery inspect model-Q4_K_M.gguf
     """
+    if is_gguf(ckpt):
+        parts = open_gguf(ckpt)
+        report = inspect_gguf(parts, vocab_tensors, not_vocab_tensors)
+        plan = plan_gguf_trim(parts, check_keep_range(keep_path, parts), vocab_tensors=vocab_tensors,
+                              not_vocab_tensors=not_vocab_tensors) if keep_path is not None else None
+    else:
+        report, plan = _inspect_folder(ckpt, keep_path, vocab_tensors, not_vocab_tensors)
+    if plan is not None:
+        report["plan"] = plan.to_json()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(render(report))
+    if plan is not None:
+        click.echo("plan:\n" + "\n".join("  " + line for line in plan.describe().splitlines()[1:]))
+
+
+def _inspect_folder(ckpt: Path, keep_path: Path | None, vocab_tensors: tuple[str, ...],
+                    not_vocab_tensors: tuple[str, ...]):
     checkpoint = Checkpoint.open(ckpt)
     vocab = find_vocab_tensors(checkpoint, vocab_tensors, not_vocab_tensors)
     try:
@@ -191,18 +227,12 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
     plan = None
     if keep_path is not None:
         plan = plan_trim(checkpoint, vocab, tokenizer, KeepList.load(keep_path, max(vocab.n_rows, tokenizer.size())))
-        report["plan"] = plan.to_json()
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    click.echo(render(report))
-    if plan is not None:
-        click.echo("plan:\n" + "\n".join("  " + line for line in plan.describe().splitlines()[1:]))
+    return report, plan
 
 
 @cli.command("verify")
-@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
 @click.option("--corpus", "corpora", multiple=True, metavar="PATH",
               help="Text (a document per line), JSON Lines (field 'text'), .gz, a folder, or - for stdin.")
 @click.option("--max-docs", type=click.IntRange(min=1), default=None,
@@ -222,9 +252,13 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
     \b
     Example:
         surgery verify ckpt/ ckpt-small/ --corpus held-out.txt
+        surgery verify model.gguf model-fr.gguf
     """
-    findings = compare_checkpoints(ckpt, out, tuple(CorpusSpec.parse(c) for c in corpora), max_docs,
-                                   vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors)
+    if is_gguf(ckpt):
+        findings = compare_gguf(ckpt, out)
+    else:
+        findings = compare_checkpoints(ckpt, out, tuple(CorpusSpec.parse(c) for c in corpora), max_docs,
+                                       vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors)
     if as_json:
         click.echo(findings_json(findings))
     for finding in findings:
@@ -238,7 +272,7 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
 
 
 @cli.command()
-@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--corpus", "corpora", multiple=True, required=True, metavar="PATH[:WEIGHT[:MAX_DOCS]]",
               help="Text (a document per line), JSON Lines, .gz of either, a folder, or - for stdin. Repeat for "
                    "several corpora; WEIGHT balances them (each counts by its share of tokens, times WEIGHT).")
@@ -295,11 +329,44 @@ def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_f
         click.echo(request.describe(verbose=stats), err=True)
 
 
+def is_gguf(path: Path) -> bool:
+    return path.suffix == ".gguf" and not path.is_dir()
+
+
+def _trim_gguf(src: Path, keep_path: Path, output: Path | None, dry_run: bool, as_json: bool, force: bool,
+               pad_to_multiple_of: int | None, vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...],
+               drop_reserved: bool, quiet: bool) -> None:
+    out = output if output is not None else default_output(src)
+    if not dry_run:
+        check_gguf_output_path(src, out, force)
+    parts = open_gguf(src)
+    plan = plan_gguf_trim(parts, check_keep_range(keep_path, parts), pad_to_multiple_of=pad_to_multiple_of,
+                          drop_reserved=drop_reserved, vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors)
+    if dry_run:
+        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
+        return
+    if not quiet:
+        click.echo(plan.describe(), err=True)
+    started = time.monotonic()
+    total = plan.totals()["bytes_after"]
+    with _progress_bar(total, quiet) as progress:
+        written = write_gguf_verified(plan, out, progress)
+    elapsed = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps({"output": [str(p) for p in written], "old_vocab_rows": plan.n_rows,
+                               "new_vocab_rows": plan.new_rows, "kept": len(plan.kept_ids),
+                               "added_by_rule": plan.addition_counts(), **plan.totals(),
+                               "tensors": {a.name: list(reversed(a.new_ne)) for a in plan.actions if a.role},
+                               "seconds": round(elapsed, 3)}, indent=2))
+    if not quiet:
+        click.echo(f"wrote {', '.join(str(p) for p in written)} ({total:,} tensor bytes in {elapsed:.1f}s)", err=True)
+
+
 def _write_verified(plan, tokenizer, out: Path, link_unchanged: bool, progress) -> Path:
     """Write into a sibling temporary folder and verify it; on any failure remove it and re-raise."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    tmp = out.parent / f".{out.name}{PARTIAL}{os.getpid()}-{secrets.token_hex(4)}"
+    remove_stale_partials(out)
+    tmp = partial_path(out)
     try:
         apply_plan(plan, tmp, link_unchanged=link_unchanged, progress=progress)
         for check in verify(plan, tmp, tokenizer):
@@ -318,25 +385,6 @@ def _check_output(ckpt: Path, out: Path, force: bool) -> None:
         raise InputError(f"{out}: output must not contain CKPT")
     if out.exists() and not force:
         raise InputError(f"{out}: already exists", hint="pass --force to replace it")
-
-
-def _remove_stale_partials(out: Path) -> None:
-    """Leftovers of a run that was killed: their pid no longer runs. They never carry the output's name."""
-    for stale in out.parent.glob(f".{out.name}{PARTIAL}*"):
-        pid_text = stale.name.rsplit(PARTIAL, 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            LOG.info("removing %s, left by an interrupted run", stale.name)
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -90,11 +90,11 @@ def _check_tensors(old: Checkpoint, new: Checkpoint, vocab, old_ids: np.ndarray)
             if b.shape != expected_shape or b.dtype != a.dtype:
                 problems.append(f"'{name}' is {b.dtype} {list(b.shape)}, expected {a.dtype} {list(expected_shape)}")
                 continue
-            bad_row = _first_bad_row(a, b, axis, rows)
+            bad_row = first_bad_row(a, b, axis, rows)
             if bad_row is not None:
                 problems.append(f"'{name}' new row {bad_row} differs from source row {rows[bad_row]}")
             n_rows_compared += len(rows)
-        elif a.shape != b.shape or a.dtype != b.dtype or not _same_bytes(a, b):
+        elif a.shape != b.shape or a.dtype != b.dtype or not same_bytes(a, b):
             problems.append(f"'{name}' differs from its source")
         compared += 1
     if problems:
@@ -103,7 +103,7 @@ def _check_tensors(old: Checkpoint, new: Checkpoint, vocab, old_ids: np.ndarray)
                                     "every other tensor byte-identical")
 
 
-def _first_bad_row(a: TensorEntry, b: TensorEntry, axis: int, old_ids: np.ndarray) -> int | None:
+def first_bad_row(a: TensorEntry, b: TensorEntry, axis: int, old_ids: np.ndarray) -> int | None:
     row_nbytes = a.row_nbytes(axis)
     per_block = max(1, READ_BLOCK_NBYTES // max(row_nbytes, 1))
     outer = int(np.prod(a.shape[:axis]))
@@ -122,7 +122,7 @@ def _first_bad_row(a: TensorEntry, b: TensorEntry, axis: int, old_ids: np.ndarra
     return None
 
 
-def _same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
+def same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
     with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
         for offset in range(0, a.nbytes, READ_BLOCK_NBYTES):
             size = min(READ_BLOCK_NBYTES, a.nbytes - offset)

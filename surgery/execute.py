@@ -120,7 +120,7 @@ def _copy_unchanged(src: Path, dst: Path, link: bool, progress: Progress) -> Non
         except OSError as e:  # other filesystem, or links not allowed: fall back to a copy
             LOG.info("hardlink of %s failed (%s); copying", src.name, e.strerror)
     with open(src, "rb") as source, open(dst, "wb") as target:
-        _copy_range(source.fileno(), target.fileno(), 0, os.fstat(source.fileno()).st_size, progress)
+        copy_range(source.fileno(), target.fileno(), 0, os.fstat(source.fileno()).st_size, progress)
 
 
 def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progress: Progress) -> None:
@@ -134,16 +134,16 @@ def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progres
         for spec in writer.write_header():
             action, entry = actions[spec.name], entries[spec.name]
             if action.action == "copy":
-                writer.write_tensor(spec.name, lambda fd_out, e=entry: _copy_range(fd_in, fd_out, e.begin, e.nbytes,
+                writer.write_tensor(spec.name, lambda fd_out, e=entry: copy_range(fd_in, fd_out, e.begin, e.nbytes,
                                                                                    progress))
             else:
-                writer.write_tensor(spec.name, lambda fd_out, e=entry, a=action: _gather(fd_in, fd_out, e, a,
+                writer.write_tensor(spec.name, lambda fd_out, e=entry, a=action: gather_rows(fd_in, fd_out, e, a,
                                                                                          plan.rows_for(a)))
                 progress(action.new_nbytes)
     writer.close()
 
 
-def _copy_range(fd_in: int, fd_out: int, begin: int, nbytes: int, progress: Progress) -> None:
+def copy_range(fd_in: int, fd_out: int, begin: int, nbytes: int, progress: Progress) -> None:
     """Kernel-side copy where the OS allows it (copy_file_range), else read and write in chunks."""
     offset, remaining = begin, nbytes
     while remaining:
@@ -160,7 +160,7 @@ def _copy_range(fd_in: int, fd_out: int, begin: int, nbytes: int, progress: Prog
         progress(copied)
 
 
-def _gather(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorAction, row_source: np.ndarray) -> None:
+def gather_rows(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorAction, row_source: np.ndarray) -> None:
     """Take rows `row_source` along the vocab axis, reading only the runs of kept rows, one block at a time."""
     axis = action.axis
     outer = int(np.prod(entry.shape[:axis]))

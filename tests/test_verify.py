@@ -12,12 +12,12 @@ from surgery.cli import cli
 
 
 def test_corrupted_rows_are_caught_before_the_rename(runner, copy_fixture, tmp_path, monkeypatch):
-    real_gather = execute._gather
+    real_gather = execute.gather_rows
 
     def wrong_rows(fd_in, fd_out, entry, action, row_source):
         real_gather(fd_in, fd_out, entry, action, row_source[::-1].copy())
 
-    monkeypatch.setattr(execute, "_gather", wrong_rows)
+    monkeypatch.setattr(execute, "gather_rows", wrong_rows)
     src = copy_fixture("llama-untied")
     out = tmp_path / "out"
     result = runner.invoke(cli, ["trim", str(src), "--keep", str(KEEP / "basic.txt"), "-o", str(out), "-q"])

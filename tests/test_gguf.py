@@ -1,0 +1,218 @@
+"""GGUF files trimmed directly, proven in llama.cpp itself (llama-cpp-python built from its sdist).
+
+Tiny models (n_embd 256, so that K- and IQ-quant rows are whole blocks) are built with transformers, converted
+with llama.cpp's own converter, quantized with llama.cpp's own quantizer, trimmed by the CLI, and loaded by
+llama.cpp: held-back text whose ids are all kept tokenizes to the mapped ids, out-of-domain text decodes as
+the source decodes it, and the logits on the kept ids equal the source GGUF's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tokenizers
+from conftest import TOKENIZERS, corpus_lines, run_cli, write_keep
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+llama_cpp = pytest.importorskip("llama_cpp")
+from llama_cpp_tools import convert, quantize  # noqa: E402
+
+from surgery.gguf_io import encode_header, read_gguf  # noqa: E402
+from surgery.gguf_trim import RECORD_KEY  # noqa: E402
+
+MODELS = {  # name: (config class, fixture tokenizer, tied, BPE pre-tokenizer name for the converter)
+    "llama-spm": ("LlamaConfig", "sp-bpe-llama", False, None),
+    "llama3-bpe": ("LlamaConfig", "bpe-bytelevel-llama3", False, "llama-bpe"),
+    "qwen2-tied-bpe": ("Qwen2Config", "bpe-bytelevel-gpt2", True, "gpt-2"),
+}
+CASES = [  # (model, llama.cpp file type, type forced on token_embd and output)
+    ("llama-spm", "F16", "F16"), ("llama-spm", "BF16", "BF16"), ("llama-spm", "Q8_0", "Q8_0"),
+    ("llama-spm", "Q4_K_M", "Q4_K"), ("llama-spm", "Q6_K", "Q6_K"), ("llama-spm", "IQ4_XS", "IQ4_XS"),
+    ("llama3-bpe", "F16", "F16"), ("llama3-bpe", "Q8_0", "Q8_0"), ("llama3-bpe", "Q4_K_M", "Q4_K"),
+    ("llama3-bpe", "IQ4_NL", "IQ4_NL"), ("qwen2-tied-bpe", "F16", "F16"), ("qwen2-tied-bpe", "Q6_K", "Q6_K"),
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gguf")
+
+
+def hf_model(name: str, root: Path) -> Path:
+    config_class, tokenizer, tied, _ = MODELS[name]
+    n_tokens = tokenizers.Tokenizer.from_file(str(TOKENIZERS / tokenizer / "tokenizer.json")).get_vocab_size(True)
+    config = getattr(transformers, config_class)(
+        vocab_size=n_tokens, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    model = getattr(transformers, config_class.replace("Config", "ForCausalLM"))(config)
+    model.save_pretrained(root)
+    for path in (TOKENIZERS / tokenizer).iterdir():
+        shutil.copy(path, root / path.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def f32_ggufs(workdir) -> dict[str, Path]:
+    """Each model converted once by llama.cpp's converter; the quantized types are made from these."""
+    return {name: convert(hf_model(name, workdir / name), workdir / f"{name}-f32.gguf", "f32", MODELS[name][3])
+            for name in MODELS}
+
+
+def source_gguf(f32_ggufs, workdir, model: str, ftype: str, tensor_type: str) -> Path:
+    path = workdir / f"{model}-{ftype}.gguf"
+    if not path.exists():
+        quantize(f32_ggufs[model], path, ftype, tensor_type, tensor_type)
+    return path
+
+
+def keep_list(model: str, path: Path) -> Path:
+    tok = tokenizers.Tokenizer.from_file(str(TOKENIZERS / MODELS[model][1] / "tokenizer.json"))
+    from collections import Counter
+
+    counts = Counter(i for e in tok.encode_batch(corpus_lines("train.txt")[:300], add_special_tokens=False)
+                     for i in e.ids)
+    return write_keep(path, [i for i, _ in counts.most_common(tok.get_vocab_size(True) // 2)])
+
+
+def record_of(path: Path) -> dict:
+    return json.loads(read_gguf(path).get(RECORD_KEY))
+
+
+def llama(path: Path):
+    return llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, verbose=False)
+
+
+def assert_same_behaviour(src: Path, out: Path, record: dict) -> int:
+    """llama.cpp on both files: mapped tokens, same decoding, same logits on kept ids. Returns texts compared."""
+    old_ids = record["old_ids"]
+    old_to_new = {old: new for new, old in enumerate(old_ids)}
+    source, trimmed = llama(src), llama(out)
+    assert trimmed.n_vocab() == record["new_vocab_rows"]
+    compared = []
+    for line in corpus_lines("heldout.txt"):
+        ids = source.tokenize(line.encode(), add_bos=True, special=False)
+        if all(i in old_to_new for i in ids):
+            assert trimmed.tokenize(line.encode(), add_bos=True, special=False) == [old_to_new[i] for i in ids], line
+            compared.append(ids)
+    assert len(compared) >= 10
+    for line in corpus_lines("ood.txt"):  # bytes are kept: text outside the kept tokens still round-trips
+        assert trimmed.detokenize(trimmed.tokenize(line.encode(), add_bos=False)) == source.detokenize(
+            source.tokenize(line.encode(), add_bos=False)), line
+    for ids in compared[:3]:
+        source.reset()
+        source.eval(ids)
+        trimmed.reset()
+        trimmed.eval([old_to_new[i] for i in ids])
+        expected = np.array(source.scores[: len(ids)])[:, old_ids]
+        got = np.array(trimmed.scores[: len(ids)])[:, : len(old_ids)]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+        assert np.array_equal(got.argmax(-1), expected.argmax(-1))
+    return len(compared)
+
+
+@pytest.mark.parametrize("model,ftype,tensor_type", CASES, ids=lambda v: str(v))
+def test_trimmed_gguf_behaves_the_same_in_llama_cpp(model, ftype, tensor_type, f32_ggufs, workdir, tmp_path):
+    src = source_gguf(f32_ggufs, workdir, model, ftype, tensor_type)
+    keep = keep_list(model, tmp_path / "ids.txt")
+    out = tmp_path / "out.gguf"
+    plan = json.loads(run_cli(["trim", src, "--keep", keep, "--dry-run", "--json"]).stdout)
+    assert plan["tied"] == MODELS[model][2]
+    assert {t["name"]: t["dtype"] for t in plan["tensors"]}["token_embd.weight"] == tensor_type
+    run_cli(["trim", src, "--keep", keep, "-o", out, "-q"])
+    record = record_of(out)
+    assert record["new_vocab_rows"] < record["old_vocab_rows"]
+    source_types = {t.name: t.dtype for t in read_gguf(src).tensors}
+    assert {t.name: t.dtype for t in read_gguf(out).tensors} == source_types  # nothing requantized
+    assert_same_behaviour(src, out, record)
+    run_cli(["verify", src, out, "-q"])
+
+
+def test_split_gguf_in_and_out(workdir, tmp_path):
+    src_dir = workdir / "llama3-bpe"
+    first = convert(src_dir, tmp_path / "split.gguf", "f16", MODELS["llama3-bpe"][3], "--split-max-tensors", "7")
+    parts = sorted(tmp_path.glob("split-*-of-*.gguf"))
+    assert len(parts) == 3, parts
+    keep = keep_list("llama3-bpe", tmp_path / "ids.txt")
+    run_cli(["trim", parts[0], "--keep", keep, "-o", tmp_path / "small.gguf", "-q"])
+    written = sorted(tmp_path.glob("small-*-of-*.gguf"))
+    assert [p.name for p in written] == [f"small-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert [len(read_gguf(p).tensors) for p in written] == [len(read_gguf(p).tensors) for p in parts]
+    assert not first.exists()
+    assert_same_behaviour(parts[0], written[0], record_of(written[0]))
+    run_cli(["verify", parts[0], written[0], "-q"])
+
+
+def test_padding_rows_in_gguf(f32_ggufs, workdir, tmp_path):
+    src = source_gguf(f32_ggufs, workdir, "llama-spm", "Q8_0", "Q8_0")
+    out = tmp_path / "out.gguf"
+    run_cli(["trim", src, "--keep", keep_list("llama-spm", tmp_path / "ids.txt"), "-o", out, "-q",
+             "--pad-to-multiple-of", "64"])
+    record = record_of(out)
+    n_kept, n_rows = record["kept"], record["new_vocab_rows"]
+    assert n_rows % 64 == 0 and n_rows > n_kept
+    tokens = read_gguf(out).get("tokenizer.ggml.tokens")
+    assert len(tokens) == n_rows and tokens[n_kept] == f"[PAD{n_kept}]"
+    trimmed = llama(out)
+    trimmed.eval([1, 5, 9, 20])
+    logits = np.array(trimmed.scores[:4])
+    source_row = record["old_ids"].index(record["padding_row_source_id"])
+    assert np.array_equal(logits[:, n_kept:], np.repeat(logits[:, source_row : source_row + 1], n_rows - n_kept, 1))
+    assert int(logits.argmax(-1).max()) < n_kept
+
+
+def rewrite(src: Path, dst: Path, mutate) -> Path:
+    """Copy a GGUF with its metadata changed by `mutate(kvs)`; tensor data copied as is."""
+    gguf = read_gguf(src)
+    kvs = list(gguf.kvs.values())
+    mutate({kv.key: kv for kv in kvs})
+    infos = [(t.name, t.ne, t.ggml_type, t.begin - gguf.header_nbytes) for t in gguf.tensors]
+    raw = src.read_bytes()
+    dst.write_bytes(encode_header(gguf.version, kvs, infos, gguf.alignment) + raw[gguf.header_nbytes:])
+    return dst
+
+
+def test_verify_catches_a_damaged_row_tensor_id_and_merge(f32_ggufs, workdir, tmp_path):
+    src = source_gguf(f32_ggufs, workdir, "llama3-bpe", "Q8_0", "Q8_0")
+    out = tmp_path / "out.gguf"
+    run_cli(["trim", src, "--keep", keep_list("llama3-bpe", tmp_path / "ids.txt"), "-o", out, "-q"])
+    tensors = {t.name: t for t in read_gguf(out).tensors}
+
+    def flipped(position: int) -> Path:
+        damaged = tmp_path / "damaged.gguf"
+        raw = bytearray(out.read_bytes())
+        raw[position] ^= 0xFF
+        damaged.write_bytes(bytes(raw))
+        return damaged
+
+    embed, attn = tensors["token_embd.weight"], tensors["blk.0.attn_q.weight"]
+    for damaged, failing in [
+        (flipped(embed.begin + 5 * embed.row_nbytes() + 3), "tensors"),
+        (flipped(attn.begin + 100), "tensors"),
+        (rewrite(out, tmp_path / "id.gguf", lambda kvs: setattr(kvs["tokenizer.ggml.eos_token_id"], "value", 7)),
+         "token id keys"),
+        (rewrite(out, tmp_path / "merge.gguf", lambda kvs: kvs["tokenizer.ggml.merges"].value.pop(3)), "merges"),
+    ]:
+        result = run_cli(["verify", src, damaged], 3)
+        assert f"FAIL {failing}" in result.stderr, result.stderr
+
+
+def test_gguf_refusals(f32_ggufs, workdir, tmp_path):
+    src = source_gguf(f32_ggufs, workdir, "llama-spm", "F16", "F16")
+    keep = keep_list("llama-spm", tmp_path / "ids.txt")
+    result = run_cli(["trim", src, "--keep", keep, "-o", tmp_path / "out.bin"], 2)
+    assert result.stderr.startswith("Error: ") and "a GGUF output must end in .gguf" in result.stderr
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(100))
+    result = run_cli(["trim", bad, "--keep", keep, "-o", tmp_path / "o.gguf"], 1)
+    assert result.stderr == "Error: bad.gguf: GGUF version 0 is not supported (2, 3)\n"
+    too_far = tmp_path / "far.txt"
+    too_far.write_text("900\n")
+    result = run_cli(["trim", src, "--keep", too_far, "-o", tmp_path / "o.gguf"], 2)
+    assert "id 900 is out of range (vocab has 800 ids: 0..799)" in result.stderr
+    assert not list(tmp_path.glob("*o.gguf*")) and not list(tmp_path.glob(".o.gguf*"))
