@@ -47,6 +47,9 @@ SHAPES = {
                       qk_norm=True),
     # meta-llama/Meta-Llama-3-8B config.json: bf16, untied, 4 shards
     "llama3-8b": Shape("llama", "LlamaForCausalLM", 128256, 128256, 4096, 14336, 32, 32, 8, 128, False, 5 * 10**9),
+    # Qwen/Qwen3-0.6B config.json: bf16, tied, one shard; the size most people trim
+    "qwen3-0.6b": Shape("qwen3", "Qwen3ForCausalLM", 151936, 151669, 1024, 3072, 28, 16, 8, 128, True, 5 * 10**9,
+                        qk_norm=True),
     # small, for the memory test and CI: the real Qwen vocabulary with a narrow model
     "tiny": Shape("qwen3", "Qwen3ForCausalLM", 151936, 151669, 1024, 1024, 2, 8, 2, 128, True, 300 * 10**6,
                   qk_norm=True),

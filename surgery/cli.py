@@ -296,6 +296,9 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
 @vocab_tensor_options
 @click.option("--drop-reserved", is_flag=True,
               help="Do not keep reserved placeholder tokens that nothing names (see trim --help).")
+@click.option("--tokenizer", "tokenizer_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="For a GGUF file: the Hugging Face tokenizer folder of the same model, to encode the corpora "
+                   "(checked token by token against the GGUF's); not needed when the GGUF embeds tokenizer.json.")
 @click.option("--stats", is_flag=True, help="Print the figures (coverage curve, savings) to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON document to stdout.")
 @common_options
@@ -303,8 +306,8 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
 def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_files: bool, max_docs: int | None,
          max_bytes: int | None, size: int | None, coverage: float | None, min_count: int | None, top_k: int | None,
          keep_ids: Path | None, keep_tokens: Path | None, pad_to_multiple_of: int | None,
-         vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...], drop_reserved: bool, stats: bool,
-         as_json: bool, quiet: bool) -> None:
+         vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...], drop_reserved: bool,
+         tokenizer_dir: Path | None, stats: bool, as_json: bool, quiet: bool) -> None:
     """Mine corpora with the checkpoint's own tokenizer and write the ids that `trim --keep` reads.
 
     Choose exactly one of --size, --coverage, --min-count, --top-k. The list written is the final kept
@@ -314,13 +317,15 @@ def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_f
     Example:
         surgery keep ckpt/ --corpus fr.jsonl.gz --corpus en.txt:0.5 --size 32000 -o ids.txt
         surgery trim ckpt/ --keep ids.txt -o ckpt-fr/
+        surgery keep model-Q4_K_M.gguf --tokenizer hf-model/ --corpus fr.txt --size 32000 -o ids.txt
     """
     meter = _CorpusMeter(not quiet and sys.stderr.isatty())
     request = mine_keep_list(
         ckpt, [CorpusSpec.parse(c) for c in corpora], field=field, whole_files=whole_files, max_docs=max_docs,
         max_bytes=max_bytes, size=size, coverage=coverage, min_count=min_count, top_k=top_k, keep_ids=keep_ids,
         keep_tokens=keep_tokens, pad_to_multiple_of=pad_to_multiple_of, vocab_tensors=vocab_tensors,
-        not_vocab_tensors=not_vocab_tensors, drop_reserved=drop_reserved, progress=meter)
+        not_vocab_tensors=not_vocab_tensors, drop_reserved=drop_reserved, tokenizer_dir=tokenizer_dir,
+        progress=meter)
     meter.done()
     output.write_text(request.ids_text())
     if as_json:

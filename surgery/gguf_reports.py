@@ -71,7 +71,7 @@ def compare_gguf(src: Path, out: Path) -> list[Finding]:
     findings.append(Finding("tokenizer layout", not wrong, f"{new_vocab.size()} ids, in source order" if not wrong
                             else f"{len(wrong)} id(s) wrong", wrong[:MAX_EXAMPLES]))
     if old_vocab.merges is not None:
-        kept_tokens = set(new_vocab.tokens)
+        kept_tokens = set(new_vocab.tokens)  # the plain filter, apart from the trim's own search
         expected = [m for m in old_vocab.merges if _kept(m, kept_tokens)]
         got = list(new_parts[0].get(MERGES) or [])
         ok = got == expected

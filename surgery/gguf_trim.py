@@ -110,6 +110,18 @@ def find_gguf_vocab_tensors(parts: list[GgufFile], n_vocab: int, named: tuple[st
     return found
 
 
+def gguf_totals(parts: list[GgufFile], roles: dict[str, Role], new_rows: int) -> dict[str, int]:
+    """Parameters and bytes before and after keeping new_rows rows, from the tensor infos alone."""
+    tensors = [t for part in parts for t in part.tensors]
+    new_ne = {t.name: t.ne[:-1] + (new_rows,) if t.name in roles else t.ne for t in tensors}
+    return {
+        "params_before": sum(int(np.prod(t.ne)) for t in tensors),
+        "params_after": sum(int(np.prod(new_ne[t.name])) for t in tensors),
+        "bytes_before": sum(t.nbytes for t in tensors),
+        "bytes_after": sum(tensor_nbytes(t.ggml_type, new_ne[t.name], t.name) for t in tensors),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class GgufTrimPlan:
     src: Path

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from surgery.errors import CheckpointError
+from surgery.errors import CheckpointError, InputError
 from surgery.gguf_io import ARRAY, STRING, GgufFile, KeyValue
 from surgery.tokenizer_files import RESERVED_PATTERNS
 from surgery.tokenizer_files.bpe import BYTE_FALLBACK_PIECES, BYTE_LEVEL_ALPHABET, merge_closure
@@ -40,6 +41,7 @@ class GgufVocab:
     merges: tuple[str, ...] | None
     id_keys: dict[str, object]  # every `*_token_id` (and decoder_start_token_id) key with its value
     template: str
+    lookup: dict[str, int]  # token -> its first id
 
     @classmethod
     def of(cls, gguf: GgufFile) -> GgufVocab:
@@ -62,8 +64,11 @@ class GgufVocab:
         id_keys = {kv.key: kv.value for kv in gguf.kvs.values() if _names_ids(kv.key)}
         template = "\n".join(str(kv.value) for kv in gguf.kvs.values() if kv.key.startswith(CHAT_TEMPLATE_PREFIX)
                              and kv.type == STRING)
+        lookup: dict[str, int] = {}
+        for old_id, token in enumerate(tokens):
+            lookup.setdefault(token, old_id)
         return cls(name, str(gguf.get("general.architecture", "")), model, tuple(tokens), types, scores,
-                   tuple(merges) if merges is not None else None, id_keys, template)
+                   tuple(merges) if merges is not None else None, id_keys, template, lookup)
 
     # ---- the TokenizerFiles protocol that the kept-set rules use -----------------------------------------
 
@@ -71,10 +76,7 @@ class GgufVocab:
         return len(self.tokens)
 
     def token_to_id(self) -> dict[str, int]:
-        mapping: dict[str, int] = {}
-        for old_id, token in enumerate(self.tokens):
-            mapping.setdefault(token, old_id)
-        return mapping
+        return self.lookup
 
     def id_to_token(self) -> dict[int, str]:
         return dict(enumerate(self.tokens))
@@ -120,10 +122,10 @@ class GgufVocab:
     def closure_builder(self) -> Callable[[set[int]], set[int]]:
         lookup = self.token_to_id()
         if self.model == "gpt2":
-            ranks = {split_merge(m): rank for rank, m in enumerate(self.merges or ())}
+            ranks = {merge: rank for rank, merge in enumerate(self.merges or ())}  # "a b", as llama.cpp reads
 
             def pair_rank(a: str, b: str):
-                rank = ranks.get((a, b))
+                rank = ranks.get(f"{a} {b}")
                 return None if rank is None else (rank, a + b)
         else:
             mergeable = {t: i for t, i in lookup.items() if self.types[i] in (NORMAL, USER_DEFINED)}
@@ -147,7 +149,6 @@ class GgufVocab:
         old_to_new = np.full(len(self.tokens), -1, np.int64)
         old_to_new[token_old_ids] = np.arange(len(token_old_ids))
         new_tokens = [self.tokens[i] for i in token_old_ids] + pad_tokens
-        kept_tokens = set(new_tokens)
         notes: list[str] = []
         out = []
         for kv in kvs:
@@ -159,7 +160,7 @@ class GgufVocab:
             elif kv.key == TOKEN_TYPE:
                 kv.value = np.concatenate([kv.value[token_old_ids], np.full(len(pad_tokens), UNUSED, kv.value.dtype)])
             elif kv.key == MERGES:
-                kept = [m for m in kv.value if _merge_kept(m, kept_tokens)]
+                kept = kept_merges(kv.value, new_tokens)
                 notes.append(f"{MERGES}: {len(kv.value) - len(kept)} merges dropped (an input or result was removed)")
                 kv.value = kept
             elif kv.key == HF_JSON_KEY:
@@ -189,10 +190,23 @@ def split_merge(merge: str) -> tuple[str, str] | None:
     return None if split < 0 else (merge[:split], merge[split + 1 :])
 
 
-def _merge_kept(merge: str, tokens: set[str]) -> bool:
-    """Keep a merge iff both inputs and the result stay."""
-    pair = split_merge(merge)
-    return pair is not None and pair[0] in tokens and pair[1] in tokens and pair[0] + pair[1] in tokens
+def kept_merges(merges: list[str], tokens: list[str]) -> list[str]:
+    """The merges whose two inputs and result all stay, in order.
+
+    Found from the kept side: every split of every kept token whose "a b" string is a merge (and splits back to
+    a, b by llama.cpp's rule), so the cost follows the kept tokens, not the 150k merges.
+    """
+    rank_of = {merge: rank for rank, merge in enumerate(merges)}
+    kept_set = set(tokens)
+    ranks = set()
+    for token in kept_set:
+        for cut in range(1, len(token)):
+            a, b = token[:cut], token[cut:]
+            merge = f"{a} {b}"
+            rank = rank_of.get(merge)
+            if rank is not None and a in kept_set and b in kept_set and split_merge(merge) == (a, b):
+                ranks.add(rank)
+    return [merges[rank] for rank in sorted(ranks)]
 
 
 def pad_token_names(tokens: set[str], count: int, start: int) -> list[str]:
@@ -206,3 +220,31 @@ def pad_token_names(tokens: set[str], count: int, start: int) -> list[str]:
         candidate += 1
     return names
 
+
+
+def hf_encoder(vocab: GgufVocab, gguf: GgufFile, tokenizer_dir: Path | None):
+    """A batch encoder for `keep` on a GGUF file: the tokenizer.json embedded in it, or the one in tokenizer_dir,
+    accepted only if it names the same token at every id (extra GGUF ids, such as [PAD] rows, may follow)."""
+    import tokenizers
+
+    if tokenizer_dir is not None:
+        where = tokenizer_dir / "tokenizer.json"
+        if not where.exists():
+            raise InputError(f"--tokenizer {tokenizer_dir}: no tokenizer.json there")
+        tokenizer = tokenizers.Tokenizer.from_file(str(where))
+    elif gguf.get(HF_JSON_KEY) is not None:
+        where = Path(f"{vocab.name}:{HF_JSON_KEY}")
+        tokenizer = tokenizers.Tokenizer.from_str(gguf.get(HF_JSON_KEY))
+    else:
+        raise InputError(f"{vocab.name}: keep needs a tokenizer to encode text; this GGUF embeds none "
+                         f"({HF_JSON_KEY})", hint="give the Hugging Face tokenizer of the same model: --tokenizer DIR")
+    hf_vocab = tokenizer.get_vocab(with_added_tokens=True)
+    by_id = {i: t for t, i in hf_vocab.items()}
+    if max(by_id, default=-1) >= vocab.size():
+        raise InputError(f"{where}: has {max(by_id) + 1} ids, the GGUF only {vocab.size()}; not the same vocabulary")
+    wrong = [i for i, token in by_id.items() if vocab.tokens[i] != token]
+    if wrong:
+        raise InputError(f"{where}: id {wrong[0]} is {by_id[wrong[0]]!r} but the GGUF has {vocab.tokens[wrong[0]]!r} "
+                         f"({len(wrong)} ids differ); not the same vocabulary")
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    return lambda docs: [e.ids for e in encode(docs, add_special_tokens=False)]

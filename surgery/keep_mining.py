@@ -59,25 +59,24 @@ def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text"
                    keep_ids: Path | None = None, keep_tokens: Path | None = None,
                    pad_to_multiple_of: int | None = None, vocab_tensors: tuple[str, ...] = (),
                    not_vocab_tensors: tuple[str, ...] = (), drop_reserved: bool = False,
-                   progress: Progress | None = None) -> MinedKeepList:
+                   tokenizer_dir: Path | None = None, progress: Progress | None = None) -> MinedKeepList:
     modes = {"--size": size, "--coverage": coverage, "--min-count": min_count, "--top-k": top_k}
     chosen_modes = [name for name, value in modes.items() if value is not None]
     if len(chosen_modes) != 1:
         raise InputError("choose exactly one of --size, --coverage, --min-count, --top-k"
                          + (f" (got {', '.join(chosen_modes)})" if chosen_modes else ""))
-    ckpt = Checkpoint.open(root)
-    vocab = find_vocab_tensors(ckpt, vocab_tensors, not_vocab_tensors)
-    tokenizer = TokenizerFiles.load(root)
+    source = (_gguf_source(root, tokenizer_dir, vocab_tensors, not_vocab_tensors) if root.suffix == ".gguf"
+              and not root.is_dir() else _folder_source(root, vocab_tensors, not_vocab_tensors))
+    tokenizer, n_rows = source.tokenizer, source.n_rows
     n_ids = tokenizer.size()
-    forced = _forced_ids(tokenizer, keep_ids, keep_tokens, max(vocab.n_rows, n_ids), min(vocab.n_rows, n_ids))
-    encode = load_encoder(root)
-    counts = [count_tokens(encode, spec, n_ids, field=field, whole_files=whole_files, max_docs=spec.max_docs or max_docs,
-                           max_bytes=max_bytes, progress=progress) for spec in corpora]
+    forced = _forced_ids(tokenizer, keep_ids, keep_tokens, max(n_rows, n_ids), min(n_rows, n_ids))
+    counts = [count_tokens(source.encode, spec, n_ids, field=field, whole_files=whole_files,
+                           max_docs=spec.max_docs or max_docs, max_bytes=max_bytes, progress=progress)
+              for spec in corpora]
     ranking = Ranking.of(counts)
-    generation = _load_generation(root)
 
     def final(ids: set[int]) -> tuple[set[int], list[tuple[str, tuple[int, ...]]]]:
-        return complete_kept_set(list(ckpt.configs.values()), generation, tokenizer, ids, vocab.n_rows,
+        return complete_kept_set(source.configs, source.generation, tokenizer, ids, n_rows,
                                  drop_reserved=drop_reserved)
 
     def final_set(ids: set[int]) -> set[int]:
@@ -85,18 +84,51 @@ def mine_keep_list(root: Path, corpora: list[CorpusSpec], *, field: str = "text"
 
     closure = tokenizer.closure_builder()
     if size is not None:
-        selected = select_size(ranking, size, forced, final_set, closure, min(n_ids, vocab.n_rows))
+        selected = select_size(ranking, size, forced, final_set, closure, min(n_ids, n_rows))
     else:
         selected = forced | (select_coverage(ranking, coverage) if coverage is not None else
                              select_min_count(ranking, min_count) if min_count is not None else
                              select_top_k(ranking, top_k))
         if pad_to_multiple_of:
             target = math.ceil(len(final_set(selected)) / pad_to_multiple_of) * pad_to_multiple_of
-            selected = select_size(ranking, min(target, n_ids, vocab.n_rows), selected, final_set, closure, min(n_ids, vocab.n_rows))
-    selected = {i for i in selected if i < vocab.n_rows}  # a token without a row is kept by trim, never listed
+            selected = select_size(ranking, min(target, n_ids, n_rows), selected, final_set, closure,
+                                   min(n_ids, n_rows))
+    selected = {i for i in selected if i < n_rows}  # a token without a row is kept by trim, never listed
     kept, additions = final(selected)
-    return _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, chosen_modes[0],
-                   modes[chosen_modes[0]])
+    return _result(root, source, counts, ranking, selected, kept, additions, chosen_modes[0], modes[chosen_modes[0]])
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """What mining needs of a checkpoint folder or a GGUF file."""
+
+    tokenizer: object  # TokenizerFiles, or GgufVocab for a GGUF file
+    n_rows: int
+    configs: list[dict]
+    generation: dict | None
+    encode: object  # Encoder
+    totals: object  # kept ids -> parameters and bytes before and after
+
+
+def _folder_source(root: Path, vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...]) -> _Source:
+    ckpt = Checkpoint.open(root)
+    vocab = find_vocab_tensors(ckpt, vocab_tensors, not_vocab_tensors)
+    return _Source(TokenizerFiles.load(root), vocab.n_rows, list(ckpt.configs.values()), _load_generation(root),
+                   load_encoder(root), lambda kept_ids: trim_totals(ckpt, vocab, kept_ids))
+
+
+def _gguf_source(path: Path, tokenizer_dir: Path | None, vocab_tensors: tuple[str, ...],
+                 not_vocab_tensors: tuple[str, ...]) -> _Source:
+    """A GGUF file: its own tokenizer metadata decides the kept set; the text is encoded by the tokenizer.json
+    embedded in it (tokenizer.huggingface.json) or the one given with --tokenizer, checked token by token."""
+    from surgery.gguf_trim import find_gguf_vocab_tensors, gguf_totals, open_gguf
+    from surgery.gguf_vocab import GgufVocab, hf_encoder
+
+    parts = open_gguf(path)
+    vocab = GgufVocab.of(parts[0])
+    roles = find_gguf_vocab_tensors(parts, vocab.size(), vocab_tensors, not_vocab_tensors)
+    return _Source(vocab, vocab.size(), [vocab.config()], None, hf_encoder(vocab, parts[0], tokenizer_dir),
+                   lambda kept_ids: gguf_totals(parts, roles, len(kept_ids)))
 
 
 def _load_generation(root: Path) -> dict | None:
@@ -121,12 +153,13 @@ def _forced_ids(tokenizer: TokenizerFiles, keep_ids: Path | None, keep_tokens: P
     return {i for i in forced if i < n_ids}
 
 
-def _result(root, ckpt, vocab, tokenizer, counts, ranking, selected, kept, additions, mode, value) -> MinedKeepList:
+def _result(root, source: _Source, counts, ranking, selected, kept, additions, mode, value) -> MinedKeepList:
+    tokenizer = source.tokenizer
     # placeholders that hold rows (all of them unless dropped) and that no config names
-    named = config_token_ids(list(ckpt.configs.values()), _load_generation(root), tokenizer, vocab.n_rows)
+    named = config_token_ids(source.configs, source.generation, tokenizer, source.n_rows)
     reserved = (tokenizer.reserved_ids() - named) & kept
     id_to_token = tokenizer.id_to_token()
-    totals = trim_totals(ckpt, vocab, np.array(sorted(kept), dtype=np.int64))  # the list is the final set: trim keeps exactly these rows
+    totals = source.totals(np.array(sorted(kept), dtype=np.int64))  # the list is the final set: trim keeps exactly these rows
     n_ids = tokenizer.size()
     figures = {
         "source": str(root),

@@ -216,3 +216,23 @@ def test_gguf_refusals(f32_ggufs, workdir, tmp_path):
     result = run_cli(["trim", src, "--keep", too_far, "-o", tmp_path / "o.gguf"], 2)
     assert "id 900 is out of range (vocab has 800 ids: 0..799)" in result.stderr
     assert not list(tmp_path.glob("*o.gguf*")) and not list(tmp_path.glob(".o.gguf*"))
+
+
+def test_keep_on_a_gguf_with_the_models_hf_tokenizer(f32_ggufs, workdir, tmp_path):
+    src = source_gguf(f32_ggufs, workdir, "llama3-bpe", "Q4_K_M", "Q4_K")
+    ids = tmp_path / "ids.txt"
+    corpus = Path(__file__).parent.parent / "fixtures" / "corpus" / "train.txt"
+    result = run_cli(["keep", src, "--corpus", corpus, "--size", "300", "-o", ids, "--json", "-q",
+                      "--tokenizer", TOKENIZERS / "bpe-bytelevel-llama3"])
+    figures = json.loads(result.stdout)
+    listed = [int(line) for line in ids.read_text().splitlines() if not line.startswith("#")]
+    assert len(listed) == 300 == figures["kept"]
+    out = tmp_path / "out.gguf"
+    summary = json.loads(run_cli(["trim", src, "--keep", ids, "-o", out, "--json", "-q"]).stdout)
+    assert summary["new_vocab_rows"] == 300 and sum(summary["added_by_rule"].values()) == 0
+    assert figures["bytes_after"] == summary["bytes_after"]  # keep's savings are the trim's, quantized too
+    result = run_cli(["keep", src, "--corpus", corpus, "--size", "300", "-o", ids,
+                      "--tokenizer", TOKENIZERS / "sp-bpe-llama"], 2)
+    assert "not the same vocabulary" in result.stderr
+    result = run_cli(["keep", src, "--corpus", corpus, "--size", "300", "-o", ids], 2)
+    assert "this GGUF embeds none (tokenizer.huggingface.json)" in result.stderr and "--tokenizer DIR" in result.stderr

@@ -38,17 +38,23 @@ def merge_path(symbols: list[str], pair_rank: PairRank) -> tuple[list[str], list
     """
     symbols = list(symbols)
     seen = list(symbols)
-    while len(symbols) > 1:
-        best: tuple[float, int, str] | None = None
-        for position in range(len(symbols) - 1):
-            found = pair_rank(symbols[position], symbols[position + 1])
+    # the rank of each adjacent pair, updated only beside each merge: O(n) lookups per word, not O(n^2)
+    ranks = [pair_rank(symbols[i], symbols[i + 1]) for i in range(len(symbols) - 1)]
+    while ranks:
+        best, position = None, -1
+        for index, found in enumerate(ranks):
             if found is not None and (best is None or found[0] < best[0]):
-                best = (found[0], position, found[1])
+                best, position = found, index
         if best is None:
             break
-        _, position, merged = best
+        merged = best[1]
         symbols[position : position + 2] = [merged]
         seen.append(merged)
+        del ranks[position]
+        if position > 0:
+            ranks[position - 1] = pair_rank(symbols[position - 1], merged)
+        if position < len(symbols) - 1:
+            ranks[position] = pair_rank(merged, symbols[position + 1])
     return symbols, seen
 
 
@@ -63,7 +69,11 @@ def merge_closure(
     token alone finds exactly the intermediates any text needs.
     """
     needed: set[str] = set()
-    for token in tokens:
+    # longest first: a token already formed inside a longer token's replay has its own replay inside it (the
+    # same argument), so its intermediates are already in `needed`
+    for token in sorted(tokens, key=len, reverse=True):
+        if token in needed:
+            continue
         start = initial_symbols(token)
         if len(start) < 2:
             continue
