@@ -33,7 +33,9 @@ from surgery.gguf_trim import (
     write_gguf_verified,
 )
 from surgery.gguf_reports import compare_gguf, inspect_gguf
+from surgery.gguf_layers import gguf_block_count, plan_gguf_drop_layers
 from surgery.inspection import inspect_checkpoint, render
+from surgery.layers import check_layers_output, choose_kept_layers, count_layers, plan_drop_layers
 from surgery.keep import KeepList
 from surgery.keep_mining import mine_keep_list
 from surgery.plan import plan_trim
@@ -169,7 +171,8 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
     started = time.monotonic()
     total = plan.totals()["bytes_after"]
     with _progress_bar(total, quiet) as progress:
-        tmp = _write_verified(plan, tokenizer, out, link_unchanged, progress)
+        tmp = _write_verified(plan, lambda tmp: LOG.debug("verified: %s", verify(plan, tmp, tokenizer)), out,
+                              link_unchanged, progress)
     _move_into_place(tmp, out)
     elapsed = time.monotonic() - started
     if as_json:
@@ -271,6 +274,85 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
         raise VerifyError(f"{out}: {len(failed)} check(s) failed: {', '.join(failed)}")
 
 
+@cli.command("drop-layers")
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--drop", help="Decoder layers to drop: 0-based indices and inclusive ranges, e.g. 1,4-5.")
+@click.option("--keep-layers", help="Decoder layers to keep (the complement of --drop).")
+@click.option("--tail", type=click.IntRange(min=1), help="Drop the N layers before the last one (the last is kept).")
+@click.option("--importance", type=click.Path(path_type=Path, dir_okay=False),
+              help="An importance file (surgery-importance/1): keep the --num-layers layers of highest \"layers\" score.")
+@click.option("--num-layers", type=click.IntRange(min=1), help="With --importance: how many layers to keep.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output folder (a .gguf file for a GGUF source). Default: CKPT-Nlayers next to CKPT.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (the plan or the result).")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@common_options
+@speaks_errors
+def drop_layers(ckpt: Path, drop: str | None, keep_layers: str | None, tail: int | None, importance: Path | None,
+                num_layers: int | None, output: Path | None, dry_run: bool, as_json: bool, force: bool,
+                quiet: bool) -> None:
+    """Remove whole decoder layers (depth pruning): tensors renamed to their rank, configs made consistent.
+
+    Every kept tensor is copied byte for byte under its new name; num_hidden_layers, layer_types (written out
+    from each kept layer's original type), max_window_layers, mlp_only_layers, first_k_dense_replace and the
+    MTP layer follow. CKPT is a Hugging Face folder or a GGUF file.
+
+    \b
+    Example:
+        surgery drop-layers ckpt/ --drop 20-27 -o ckpt-20l/
+        surgery drop-layers ckpt/ --tail 8 --dry-run
+        surgery drop-layers model.gguf --keep-layers 0-15,31 -o model-17l.gguf
+    """
+    choice = dict(drop=drop, keep_layers=keep_layers, tail=tail, importance=importance, num_layers=num_layers)
+    if is_gguf(ckpt):
+        return _drop_layers_gguf(ckpt, choice, output, dry_run, as_json, force, quiet)
+    checkpoint = Checkpoint.open(ckpt)
+    kept = choose_kept_layers(count_layers(checkpoint), **choice)
+    out = output if output is not None else ckpt.parent / f"{ckpt.resolve().name}-{len(kept)}layers"
+    if not dry_run:
+        _check_output(ckpt, out, force)
+    plan = plan_drop_layers(checkpoint, kept)
+    if dry_run:
+        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
+        return
+    if not quiet:
+        click.echo(plan.describe(), err=True)
+    started = time.monotonic()
+    total = plan.totals()["bytes_after"]
+    with _progress_bar(total, quiet) as progress:
+        tmp = _write_verified(plan, lambda tmp: check_layers_output(plan, tmp), out, False, progress)
+    _move_into_place(tmp, out)
+    elapsed = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps({"output": str(out), **plan.to_json(), "seconds": round(elapsed, 3)}, indent=2))
+    if not quiet:
+        click.echo(f"wrote {out} ({total:,} tensor bytes in {elapsed:.1f}s)", err=True)
+
+
+def _drop_layers_gguf(src: Path, choice: dict, output: Path | None, dry_run: bool, as_json: bool, force: bool,
+                      quiet: bool) -> None:
+    parts = open_gguf(src)
+    kept = choose_kept_layers(gguf_block_count(parts[0]), **choice)
+    out = output if output is not None else src.with_name(f"{src.name.removesuffix('.gguf')}-{len(kept)}layers.gguf")
+    if not dry_run:
+        check_gguf_output_path(src, out, force)
+    plan = plan_gguf_drop_layers(parts, kept)
+    if dry_run:
+        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
+        return
+    if not quiet:
+        click.echo(plan.describe(), err=True)
+    started = time.monotonic()
+    with _progress_bar(plan.totals()["bytes_after"], quiet) as progress:
+        written = write_gguf_verified(plan, out, progress)
+    if as_json:
+        click.echo(json.dumps({"output": [str(p) for p in written], **plan.to_json(),
+                               "seconds": round(time.monotonic() - started, 3)}, indent=2))
+    if not quiet:
+        click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
+
+
 @cli.command()
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("--corpus", "corpora", multiple=True, required=True, metavar="PATH[:WEIGHT[:MAX_DOCS]]",
@@ -367,15 +449,14 @@ def _trim_gguf(src: Path, keep_path: Path, output: Path | None, dry_run: bool, a
         click.echo(f"wrote {', '.join(str(p) for p in written)} ({total:,} tensor bytes in {elapsed:.1f}s)", err=True)
 
 
-def _write_verified(plan, tokenizer, out: Path, link_unchanged: bool, progress) -> Path:
-    """Write into a sibling temporary folder and verify it; on any failure remove it and re-raise."""
+def _write_verified(plan, check, out: Path, link_unchanged: bool, progress) -> Path:
+    """Write into a sibling temporary folder and check it (`check(tmp)`); on any failure remove it and re-raise."""
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out)
     tmp = partial_path(out)
     try:
         apply_plan(plan, tmp, link_unchanged=link_unchanged, progress=progress)
-        for check in verify(plan, tmp, tokenizer):
-            LOG.debug("verified: %s", check)
+        check(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

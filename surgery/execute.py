@@ -15,7 +15,7 @@ import numpy as np
 
 from surgery.checkpoint import dump_json
 from surgery.errors import OutputFullError
-from surgery.plan import TRIM_RECORD, ShardPlan, TensorAction, TrimPlan
+from surgery.plan import ShardPlan, TensorAction, TrimPlan
 from surgery.safetensors_io import (
     READ_BLOCK_NBYTES,
     ShardWriter,
@@ -76,7 +76,7 @@ def _small_files(plan: TrimPlan, out: Path):
             yield name, lambda source=source, name=name: shutil.copytree(source, out / name, symlinks=True)
         else:
             yield name, lambda source=source, name=name: shutil.copy2(source, out / name)
-    yield TRIM_RECORD, lambda: (out / TRIM_RECORD).write_bytes(dump_json(plan.record()))
+    yield plan.record_name, lambda: (out / plan.record_name).write_bytes(dump_json(plan.record()))
 
 
 def sync_tree(root: Path) -> None:
@@ -132,7 +132,8 @@ def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progres
     with open(src, "rb") as source:
         fd_in = source.fileno()
         for spec in writer.write_header():
-            action, entry = actions[spec.name], entries[spec.name]
+            action = actions[spec.name]
+            entry = entries[action.source_name]
             if action.action == "copy":
                 writer.write_tensor(spec.name, lambda fd_out, e=entry: copy_range(fd_in, fd_out, e.begin, e.nbytes,
                                                                                    progress))

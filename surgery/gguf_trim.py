@@ -58,10 +58,11 @@ class GgufAction:
     new_ne: tuple[int, ...]
     role: str | None  # None: copied
     axis: int = 0
+    new_name: str | None = None  # renamed (drop-layers)
 
     @property
     def name(self) -> str:
-        return self.tensor.name
+        return self.new_name or self.tensor.name
 
     @property
     def new_nbytes(self) -> int:
@@ -173,6 +174,15 @@ class GgufTrimPlan:
             "old_ids": [int(i) for i in self.kept_ids],
         }
 
+    def part_kvs(self, index: int) -> list[KeyValue]:
+        """The metadata of output part `index`: the rewritten tokenizer and the record go in the first."""
+        if index:
+            return list(self.parts[index].kvs.values())
+        return [*self.first_kvs, KeyValue(RECORD_KEY, STRING, json.dumps(self.record(), separators=(",", ":")))]
+
+    def check_output(self, targets: list[Path]) -> None:
+        check_gguf_output(self, targets)
+
     def output_paths(self, out: Path) -> list[Path]:
         if len(self.parts) == 1:
             return [out]
@@ -249,12 +259,12 @@ def plan_gguf_trim(parts: list[GgufFile], keep: KeepList, *, pad_to_multiple_of:
                         tuple(additions), tuple(actions), tuple(first_kvs), tuple(notes + tok_notes))
 
 
-def write_gguf_plan(plan: GgufTrimPlan, targets: list[Path], progress) -> None:
-    """Write every part into `targets` (partial names), each tensor at its aligned offset, then fsync."""
+def write_gguf_plan(plan, targets: list[Path], progress) -> None:
+    """Write every part into `targets` (partial names), each tensor at its aligned offset, then fsync.
+
+    `plan` gives `parts`, `part_kvs(index)`, `actions` (GgufAction) and, for gathered rows, `row_source`."""
     for index, (part, target) in enumerate(zip(plan.parts, targets)):
-        kvs = list(plan.first_kvs) if index == 0 else list(part.kvs.values())
-        if index == 0:
-            kvs.append(KeyValue(RECORD_KEY, STRING, json.dumps(plan.record(), separators=(",", ":"))))
+        kvs = plan.part_kvs(index)
         actions = [a for a in plan.actions if a.part == index]
         offsets = data_offsets([a.new_nbytes for a in actions], part.alignment)
         header = encode_header(part.version, kvs, [(a.name, a.new_ne, a.tensor.ggml_type, o)
@@ -327,7 +337,7 @@ def check_gguf_output_path(src: Path, out: Path, force: bool) -> None:
         raise InputError(f"{out}: already exists", hint="pass --force to replace it")
 
 
-def write_gguf_verified(plan: GgufTrimPlan, out: Path, progress) -> list[Path]:
+def write_gguf_verified(plan, out: Path, progress) -> list[Path]:
     """Write every part beside its target under a partial name, check them, then rename them into place.
 
     A run that is killed leaves only `.NAME.partial-PID-XXXX` files, which the next run removes.
@@ -341,7 +351,7 @@ def write_gguf_verified(plan: GgufTrimPlan, out: Path, progress) -> list[Path]:
     partials = [partial_path(target) for target in targets]
     try:
         write_gguf_plan(plan, partials, progress)
-        check_gguf_output(plan, partials)
+        plan.check_output(partials)
     except BaseException:
         for partial in partials:
             partial.unlink(missing_ok=True)

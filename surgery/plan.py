@@ -32,6 +32,11 @@ class TensorAction:
     new_shape: tuple[int, ...]
     axis: int | None
     role: str | None
+    source: str | None = None  # the source tensor's name when it is renamed (drop-layers)
+
+    @property
+    def source_name(self) -> str:
+        return self.source or self.name
 
     @property
     def old_nbytes(self) -> int:
@@ -47,10 +52,11 @@ class ShardPlan:
     name: str
     metadata: dict[str, str] | None
     actions: tuple[TensorAction, ...]
+    rewritten: bool = False  # tensors renamed or left out: the file is written anew, never copied whole
 
     @property
     def changed(self) -> bool:
-        return any(a.action == "gather" for a in self.actions)
+        return self.rewritten or any(a.action == "gather" for a in self.actions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,8 @@ class TrimPlan:
     def old_to_new(self) -> np.ndarray:
         """New id of every old token id (-1: removed); rows past the tokenizer are never tokens."""
         return build_old_to_new(self.token_old_ids, max(self.n_rows, self.n_tokens))
+
+    record_name = TRIM_RECORD
 
     def rows_for(self, action: TensorAction) -> np.ndarray:
         """The old row of each new row of a gathered tensor: row_source, or for a prefix table (shorter than
@@ -224,7 +232,7 @@ def plan_trim(
         files[GENERATION_CONFIG] = dump_json(new_generation)
         patches += generation_patches
     shards = tuple(_shard_plan(shard, vocab, kept_ids, len(row_source)) for shard in ckpt.shards)
-    copied, skipped = _other_files(ckpt, files)
+    copied, skipped = other_files(ckpt, files)
     return TrimPlan(
         src=ckpt.root, n_rows=n_rows, n_tokens=n_tokens, user_ids=len(user_ids), kept_ids=kept_ids,
         row_source=row_source, rowless_ids=rowless_ids, pad_source=pad_source, additions=tuple(additions),
@@ -330,14 +338,16 @@ def _shard_plan(shard, vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int 
     return ShardPlan(shard.path.name, shard.metadata, tuple(actions))
 
 
-def _other_files(ckpt: Checkpoint, rewritten: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    written = set(rewritten) | {s.path.name for s in ckpt.shards} | {TRIM_RECORD}
+def other_files(ckpt: Checkpoint, rewritten: dict, record_name: str = TRIM_RECORD, *, vocabulary_changes: bool = True
+                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The files and folders copied into OUT as they are, and those left out (other weight formats)."""
+    written = set(rewritten) | {s.path.name for s in ckpt.shards} | {record_name}
     written.update(index.name for index in ckpt.indexes)
     copied, skipped = [], []
     for path in sorted(ckpt.root.iterdir()):
         if path.name in written or path.name.startswith("."):
             continue
-        if any(fnmatch.fnmatchcase(path.name, pattern) for pattern in UNREWRITTEN_TOKENIZER_FILES):
+        if vocabulary_changes and any(fnmatch.fnmatchcase(path.name, p) for p in UNREWRITTEN_TOKENIZER_FILES):
             raise CheckpointError(
                 f"{path.name}: a tokenizer file surgery does not rewrite; copied, it would no longer match the "
                 "trimmed vocabulary", hint=f"trim a copy of the folder without {path.name}")

@@ -74,7 +74,7 @@ def _check_shards(plan: TrimPlan, out: Path) -> str:
                 if old != _sampled_rows(entry, action.axis, sample):
                     raise VerifyError(f"output {shard.name}: rows of '{action.name}' differ from their source rows")
                 sampled += len(sample)
-            elif _edges(src[action.name]) != _edges(entry):
+            elif edge_bytes(src[action.name]) != edge_bytes(entry):
                 raise VerifyError(f"output {shard.name}: copied tensor '{action.name}' differs from its source")
     return f"shards reopened by safetensors; {sampled} sampled vocab rows equal their source rows"
 
@@ -90,7 +90,7 @@ def _sampled_rows(entry, axis: int, rows: np.ndarray) -> bytes:
         )
 
 
-def _edges(entry) -> bytes:
+def edge_bytes(entry) -> bytes:
     """First and last 4 KiB of a tensor."""
     with open(entry.path, "rb") as f:
         head = os.pread(f.fileno(), min(4096, entry.nbytes), entry.begin)

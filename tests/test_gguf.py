@@ -43,11 +43,11 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("gguf")
 
 
-def hf_model(name: str, root: Path) -> Path:
+def hf_model(name: str, root: Path, layers: int = 2) -> Path:
     config_class, tokenizer, tied, _ = MODELS[name]
     n_tokens = tokenizers.Tokenizer.from_file(str(TOKENIZERS / tokenizer / "tokenizer.json")).get_vocab_size(True)
     config = getattr(transformers, config_class)(
-        vocab_size=n_tokens, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=n_tokens, hidden_size=256, intermediate_size=512, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=tied)
     torch.manual_seed(0)
     model = getattr(transformers, config_class.replace("Config", "ForCausalLM"))(config)
@@ -236,3 +236,26 @@ def test_keep_on_a_gguf_with_the_models_hf_tokenizer(f32_ggufs, workdir, tmp_pat
     assert "not the same vocabulary" in result.stderr
     result = run_cli(["keep", src, "--corpus", corpus, "--size", "300", "-o", ids], 2)
     assert "this GGUF embeds none (tokenizer.huggingface.json)" in result.stderr and "--tokenizer DIR" in result.stderr
+
+
+def test_drop_layers_on_a_gguf_equals_converting_the_pruned_checkpoint(tmp_path):
+    """llama.cpp gives the same logits for a GGUF whose layers surgery dropped and for the GGUF converted from
+    the Hugging Face checkpoint whose layers surgery dropped."""
+    hf = hf_model("llama3-bpe", tmp_path / "hf", layers=4)
+    gguf = convert(hf, tmp_path / "full.gguf", "f16", MODELS["llama3-bpe"][3])
+    run_cli(["drop-layers", gguf, "--drop", "1-2", "-o", tmp_path / "dropped.gguf", "-q"])
+    run_cli(["drop-layers", hf, "--drop", "1-2", "-o", tmp_path / "hf-dropped", "-q"])
+    reference = convert(tmp_path / "hf-dropped", tmp_path / "reference.gguf", "f16", MODELS["llama3-bpe"][3])
+    dropped = read_gguf(tmp_path / "dropped.gguf")
+    assert dropped.get("llama.block_count") == 2
+    assert sorted(t.name for t in dropped.tensors) == sorted(t.name for t in read_gguf(reference).tensors)
+    ids = [1, 50, 200, 300, 17, 99, 4, 250]
+    logits = []
+    for path in (tmp_path / "dropped.gguf", reference):
+        model = llama(path)
+        model.eval(ids)
+        logits.append(np.array(model.scores[: len(ids)]))
+    np.testing.assert_array_equal(logits[0], logits[1])
+    full = llama(gguf)
+    full.eval(ids)
+    assert not np.allclose(np.array(full.scores[: len(ids)]), logits[0])  # the layers mattered
