@@ -8,9 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import secrets
-import shutil
 import sys
 import threading
 import time
@@ -18,31 +15,10 @@ from pathlib import Path
 
 import click
 
-from surgery import __version__
-from surgery.checkpoint import Checkpoint
-from surgery.comparison import compare_checkpoints, findings_json
-from surgery.corpus import CorpusSpec
-from surgery.errors import CheckpointError, InputError, SurgeryError, VerifyError
-from surgery.execute import apply_plan
-from surgery.gguf_trim import (
-    check_gguf_output_path,
-    check_keep_range,
-    default_output,
-    open_gguf,
-    plan_gguf_trim,
-    write_gguf_verified,
-)
-from surgery.gguf_reports import compare_gguf, inspect_gguf
-from surgery.gguf_layers import gguf_block_count, plan_gguf_drop_layers
-from surgery.inspection import inspect_checkpoint, render
-from surgery.layers import check_layers_output, choose_kept_layers, count_layers, plan_drop_layers
-from surgery.keep import KeepList
-from surgery.keep_mining import mine_keep_list
-from surgery.plan import plan_trim
-from surgery.tokenizer_files import TokenizerFiles
-from surgery.staging import partial_path, remove_stale_partials
-from surgery.verify import verify
-from surgery.vocab_tensors import find_vocab_tensors
+from surgery import __version__, api
+from surgery.comparison import findings_json
+from surgery.errors import SurgeryError, VerifyError
+from surgery.inspection import render
 
 LOG = logging.getLogger("surgery")
 
@@ -151,34 +127,11 @@ def trim(ckpt: Path, keep_path: Path, output: Path | None, dry_run: bool, as_jso
         surgery trim ckpt/ --keep ids.txt --dry-run --json
         surgery trim model-Q4_K_M.gguf --keep ids.txt -o model-fr-Q4_K_M.gguf
     """
-    if is_gguf(ckpt):
-        return _trim_gguf(ckpt, keep_path, output, dry_run, as_json, force, pad_to_multiple_of, vocab_tensors,
-                          not_vocab_tensors, drop_reserved, quiet)
-    out = output if output is not None else ckpt.parent / f"{ckpt.resolve().name}-trimmed"
-    if not dry_run:
-        _check_output(ckpt, out, force)  # before any work: a refusal should not wait for the plan
-    checkpoint = Checkpoint.open(ckpt)
-    vocab = find_vocab_tensors(checkpoint, vocab_tensors, not_vocab_tensors)
-    tokenizer = TokenizerFiles.load(ckpt)
-    keep = KeepList.load(keep_path, max(vocab.n_rows, tokenizer.size()))
-    plan = plan_trim(checkpoint, vocab, tokenizer, keep, pad_to_multiple_of=pad_to_multiple_of,
-                     drop_reserved=drop_reserved)
-    if dry_run:
-        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
-        return
-    if not quiet:
-        click.echo(plan.describe(), err=True)
-    started = time.monotonic()
-    total = plan.totals()["bytes_after"]
-    with _progress_bar(total, quiet) as progress:
-        tmp = _write_verified(plan, lambda tmp: LOG.debug("verified: %s", verify(plan, tmp, tokenizer)), out,
-                              link_unchanged, progress)
-    _move_into_place(tmp, out)
-    elapsed = time.monotonic() - started
-    if as_json:
-        click.echo(json.dumps({**_result(plan, out), "seconds": round(elapsed, 3)}, indent=2))
-    if not quiet:
-        click.echo(f"wrote {out} ({total:,} tensor bytes in {elapsed:.1f}s)", err=True)
+    job = api.prepare_trim(ckpt, keep_path, output, pad_to_multiple_of=pad_to_multiple_of,
+                           vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors,
+                           drop_reserved=drop_reserved, link_unchanged=link_unchanged, force=force,
+                           check_output=not dry_run)
+    _run_job(job, dry_run, as_json, quiet)
 
 
 @cli.command()
@@ -199,38 +152,13 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
         surgery inspect ckpt/ --keep ids.txt --json
         surgery inspect model-Q4_K_M.gguf
     """
-    if is_gguf(ckpt):
-        parts = open_gguf(ckpt)
-        report = inspect_gguf(parts, vocab_tensors, not_vocab_tensors)
-        plan = plan_gguf_trim(parts, check_keep_range(keep_path, parts), vocab_tensors=vocab_tensors,
-                              not_vocab_tensors=not_vocab_tensors) if keep_path is not None else None
-    else:
-        report, plan = _inspect_folder(ckpt, keep_path, vocab_tensors, not_vocab_tensors)
-    if plan is not None:
-        report["plan"] = plan.to_json()
+    report, job = api.inspect(ckpt, keep_path, vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(render(report))
-    if plan is not None:
-        click.echo("plan:\n" + "\n".join("  " + line for line in plan.describe().splitlines()[1:]))
-
-
-def _inspect_folder(ckpt: Path, keep_path: Path | None, vocab_tensors: tuple[str, ...],
-                    not_vocab_tensors: tuple[str, ...]):
-    checkpoint = Checkpoint.open(ckpt)
-    vocab = find_vocab_tensors(checkpoint, vocab_tensors, not_vocab_tensors)
-    try:
-        tokenizer = TokenizerFiles.load(ckpt)
-    except CheckpointError as e:
-        if keep_path is not None:  # a plan needs the tokenizer
-            raise
-        tokenizer = e
-    report = inspect_checkpoint(checkpoint, vocab, tokenizer)
-    plan = None
-    if keep_path is not None:
-        plan = plan_trim(checkpoint, vocab, tokenizer, KeepList.load(keep_path, max(vocab.n_rows, tokenizer.size())))
-    return report, plan
+    if job is not None:
+        click.echo("plan:\n" + "\n".join("  " + line for line in job.describe().splitlines()[1:]))
 
 
 @cli.command("verify")
@@ -257,11 +185,8 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
         surgery verify ckpt/ ckpt-small/ --corpus held-out.txt
         surgery verify model.gguf model-fr.gguf
     """
-    if is_gguf(ckpt):
-        findings = compare_gguf(ckpt, out)
-    else:
-        findings = compare_checkpoints(ckpt, out, tuple(CorpusSpec.parse(c) for c in corpora), max_docs,
-                                       vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors)
+    findings = api.verify(ckpt, out, corpora, max_docs, vocab_tensors=vocab_tensors,
+                          not_vocab_tensors=not_vocab_tensors).findings
     if as_json:
         click.echo(findings_json(findings))
     for finding in findings:
@@ -304,53 +229,26 @@ def drop_layers(ckpt: Path, drop: str | None, keep_layers: str | None, tail: int
         surgery drop-layers ckpt/ --tail 8 --dry-run
         surgery drop-layers model.gguf --keep-layers 0-15,31 -o model-17l.gguf
     """
-    choice = dict(drop=drop, keep_layers=keep_layers, tail=tail, importance=importance, num_layers=num_layers)
-    if is_gguf(ckpt):
-        return _drop_layers_gguf(ckpt, choice, output, dry_run, as_json, force, quiet)
-    checkpoint = Checkpoint.open(ckpt)
-    kept = choose_kept_layers(count_layers(checkpoint), **choice)
-    out = output if output is not None else ckpt.parent / f"{ckpt.resolve().name}-{len(kept)}layers"
-    if not dry_run:
-        _check_output(ckpt, out, force)
-    plan = plan_drop_layers(checkpoint, kept)
+    job = api.prepare_drop_layers(ckpt, output, drop=drop, keep_layers=keep_layers, tail=tail, importance=importance,
+                                  num_layers=num_layers, force=force, check_output=not dry_run)
+    _run_job(job, dry_run, as_json, quiet)
+
+
+def _run_job(job: api.Job, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    """The plan (dry run), or the summary, the progress bar while writing, and the result."""
     if dry_run:
-        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
+        click.echo(json.dumps(job.to_json(), indent=2) if as_json else job.describe())
         return
     if not quiet:
-        click.echo(plan.describe(), err=True)
-    started = time.monotonic()
-    total = plan.totals()["bytes_after"]
+        click.echo(job.describe(), err=True)
+    total = job.output_nbytes
     with _progress_bar(total, quiet) as progress:
-        tmp = _write_verified(plan, lambda tmp: check_layers_output(plan, tmp), out, False, progress)
-    _move_into_place(tmp, out)
-    elapsed = time.monotonic() - started
+        result = job.run(progress)
     if as_json:
-        click.echo(json.dumps({"output": str(out), **plan.to_json(), "seconds": round(elapsed, 3)}, indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2))
     if not quiet:
-        click.echo(f"wrote {out} ({total:,} tensor bytes in {elapsed:.1f}s)", err=True)
-
-
-def _drop_layers_gguf(src: Path, choice: dict, output: Path | None, dry_run: bool, as_json: bool, force: bool,
-                      quiet: bool) -> None:
-    parts = open_gguf(src)
-    kept = choose_kept_layers(gguf_block_count(parts[0]), **choice)
-    out = output if output is not None else src.with_name(f"{src.name.removesuffix('.gguf')}-{len(kept)}layers.gguf")
-    if not dry_run:
-        check_gguf_output_path(src, out, force)
-    plan = plan_gguf_drop_layers(parts, kept)
-    if dry_run:
-        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
-        return
-    if not quiet:
-        click.echo(plan.describe(), err=True)
-    started = time.monotonic()
-    with _progress_bar(plan.totals()["bytes_after"], quiet) as progress:
-        written = write_gguf_verified(plan, out, progress)
-    if as_json:
-        click.echo(json.dumps({"output": [str(p) for p in written], **plan.to_json(),
-                               "seconds": round(time.monotonic() - started, 3)}, indent=2))
-    if not quiet:
-        click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
+        click.echo(f"wrote {', '.join(str(p) for p in result.output)} ({total:,} tensor bytes in "
+                   f"{result.seconds:.1f}s)", err=True)
 
 
 @cli.command()
@@ -402,98 +300,17 @@ def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_f
         surgery keep model-Q4_K_M.gguf --tokenizer hf-model/ --corpus fr.txt --size 32000 -o ids.txt
     """
     meter = _CorpusMeter(not quiet and sys.stderr.isatty())
-    request = mine_keep_list(
-        ckpt, [CorpusSpec.parse(c) for c in corpora], field=field, whole_files=whole_files, max_docs=max_docs,
-        max_bytes=max_bytes, size=size, coverage=coverage, min_count=min_count, top_k=top_k, keep_ids=keep_ids,
-        keep_tokens=keep_tokens, pad_to_multiple_of=pad_to_multiple_of, vocab_tensors=vocab_tensors,
-        not_vocab_tensors=not_vocab_tensors, drop_reserved=drop_reserved, tokenizer_dir=tokenizer_dir,
-        progress=meter)
+    request = api.keep(
+        ckpt, corpora, field=field, whole_files=whole_files, max_docs=max_docs, max_bytes=max_bytes, size=size,
+        coverage=coverage, min_count=min_count, top_k=top_k, keep_ids=keep_ids, keep_tokens=keep_tokens,
+        pad_to_multiple_of=pad_to_multiple_of, vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors,
+        drop_reserved=drop_reserved, tokenizer_dir=tokenizer_dir, progress=meter)
     meter.done()
     output.write_text(request.ids_text())
     if as_json:
         click.echo(json.dumps(request.figures, indent=2))
     if stats or not quiet:
         click.echo(request.describe(verbose=stats), err=True)
-
-
-def is_gguf(path: Path) -> bool:
-    return path.suffix == ".gguf" and not path.is_dir()
-
-
-def _trim_gguf(src: Path, keep_path: Path, output: Path | None, dry_run: bool, as_json: bool, force: bool,
-               pad_to_multiple_of: int | None, vocab_tensors: tuple[str, ...], not_vocab_tensors: tuple[str, ...],
-               drop_reserved: bool, quiet: bool) -> None:
-    out = output if output is not None else default_output(src)
-    if not dry_run:
-        check_gguf_output_path(src, out, force)
-    parts = open_gguf(src)
-    plan = plan_gguf_trim(parts, check_keep_range(keep_path, parts), pad_to_multiple_of=pad_to_multiple_of,
-                          drop_reserved=drop_reserved, vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors)
-    if dry_run:
-        click.echo(json.dumps(plan.to_json(), indent=2) if as_json else plan.describe())
-        return
-    if not quiet:
-        click.echo(plan.describe(), err=True)
-    started = time.monotonic()
-    total = plan.totals()["bytes_after"]
-    with _progress_bar(total, quiet) as progress:
-        written = write_gguf_verified(plan, out, progress)
-    elapsed = time.monotonic() - started
-    if as_json:
-        click.echo(json.dumps({"output": [str(p) for p in written], "old_vocab_rows": plan.n_rows,
-                               "new_vocab_rows": plan.new_rows, "kept": len(plan.kept_ids),
-                               "added_by_rule": plan.addition_counts(), **plan.totals(),
-                               "tensors": {a.name: list(reversed(a.new_ne)) for a in plan.actions if a.role},
-                               "seconds": round(elapsed, 3)}, indent=2))
-    if not quiet:
-        click.echo(f"wrote {', '.join(str(p) for p in written)} ({total:,} tensor bytes in {elapsed:.1f}s)", err=True)
-
-
-def _write_verified(plan, check, out: Path, link_unchanged: bool, progress) -> Path:
-    """Write into a sibling temporary folder and check it (`check(tmp)`); on any failure remove it and re-raise."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out)
-    tmp = partial_path(out)
-    try:
-        apply_plan(plan, tmp, link_unchanged=link_unchanged, progress=progress)
-        check(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return tmp
-
-
-def _check_output(ckpt: Path, out: Path, force: bool) -> None:
-    src, dst = ckpt.resolve(), out.resolve()
-    if dst == src or src in dst.parents:
-        raise InputError(f"{out}: output must not be CKPT or inside it (CKPT is never written to)")
-    if dst in src.parents:
-        raise InputError(f"{out}: output must not contain CKPT")
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists", hint="pass --force to replace it")
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the verified folder to OUT; an old OUT (with --force) is moved aside first, then removed."""
-    if out.exists():
-        aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(4)}"
-        out.rename(aside)
-        tmp.rename(out)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
-def _result(plan, out: Path) -> dict:
-    return {
-        "output": str(out),
-        "old_vocab_rows": plan.n_rows,
-        "new_vocab_rows": plan.new_rows,
-        "kept": len(plan.kept_ids),
-        "added_by_rule": plan.addition_counts(),
-        **plan.totals(),
-        "tensors": {a.name: list(a.new_shape) for a in plan.tensor_actions() if a.action == "gather"},
-    }
 
 
 class _progress_bar:

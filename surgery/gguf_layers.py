@@ -14,9 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from surgery.errors import CheckpointError, VerifyError
-from surgery.gguf_io import ARRAY, SPLIT_TENSORS, STRING, GgufFile, KeyValue, read_gguf, split_name
+from surgery.gguf_io import (
+    ARRAY,
+    SPLIT_TENSORS,
+    STRING,
+    GgufFile,
+    KeyValue,
+    read_gguf,
+    split_name,
+)
 from surgery.gguf_trim import GgufAction
-from surgery.verify import edge_bytes
+from surgery.output_checks import edge_bytes
 
 BLOCK = re.compile(r"^blk\.(?P<index>\d+)\.(?P<rest>.+)$")
 RECORD_KEY = "surgery.drop_layers_record"

@@ -33,7 +33,7 @@ from surgery.gguf_io import (
     tensor_nbytes,
 )
 from surgery.gguf_vocab import GgufVocab, pad_token_names
-from surgery.keep import KeepList
+from surgery.keep_list import KeepList
 from surgery.plan import complete_kept_set
 from surgery.safetensors_io import write_all
 from surgery.vocab_tensors import Role

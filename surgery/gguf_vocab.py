@@ -18,7 +18,11 @@ import numpy as np
 from surgery.errors import CheckpointError, InputError
 from surgery.gguf_io import ARRAY, STRING, GgufFile, KeyValue
 from surgery.tokenizer_files import RESERVED_PATTERNS
-from surgery.tokenizer_files.bpe import BYTE_FALLBACK_PIECES, BYTE_LEVEL_ALPHABET, merge_closure
+from surgery.tokenizer_files.bpe import (
+    BYTE_FALLBACK_PIECES,
+    BYTE_LEVEL_ALPHABET,
+    merge_closure,
+)
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 TOKENS, SCORES, TOKEN_TYPE, MERGES = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",

@@ -11,8 +11,13 @@ import numpy as np
 from surgery.checkpoint import Checkpoint, load_json
 from surgery.corpus import CorpusSpec
 from surgery.errors import InputError
-from surgery.keep import KeepList
-from surgery.plan import GENERATION_CONFIG, complete_kept_set, config_token_ids, trim_totals
+from surgery.keep_list import KeepList
+from surgery.plan import (
+    GENERATION_CONFIG,
+    complete_kept_set,
+    config_token_ids,
+    trim_totals,
+)
 from surgery.selection import (
     Ranking,
     select_coverage,

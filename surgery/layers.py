@@ -217,7 +217,7 @@ def check_layers_output(plan: LayerPlan, out: Path) -> None:
     """Reopen the written shards with our reader and with safetensors; every tensor equals its source's edges."""
     import safetensors
 
-    from surgery.verify import edge_bytes
+    from surgery.output_checks import edge_bytes
 
     source = {e.name: e for shard in plan.shards for e in read_header(plan.src / shard.name).entries}
     for shard in plan.shards:

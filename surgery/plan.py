@@ -8,10 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.checkpoint import OTHER_WEIGHT_SUFFIXES, Checkpoint, ShardIndex, dump_json, load_json
-from surgery.config import VOCAB_SIZE_KEYS, ConfigPatch, named_token_ids, patch_config, vocab_size_keys
+from surgery.checkpoint import (
+    OTHER_WEIGHT_SUFFIXES,
+    Checkpoint,
+    ShardIndex,
+    dump_json,
+    load_json,
+)
+from surgery.config import (
+    VOCAB_SIZE_KEYS,
+    ConfigPatch,
+    named_token_ids,
+    patch_config,
+    vocab_size_keys,
+)
 from surgery.errors import CheckpointError, InputError
-from surgery.keep import KeepList, build_old_to_new
+from surgery.keep_list import KeepList, build_old_to_new
 from surgery.safetensors_io import DTYPE_BITS, expected_nbytes
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.vocab_tensors import PREFIX_TABLE_SIZE_KEYS, VocabTensors

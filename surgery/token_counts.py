@@ -15,7 +15,12 @@ import numpy as np
 
 from surgery.corpus import CorpusSpec, read_documents
 from surgery.errors import CheckpointError
-from surgery.tokenizer_files import SP_MODEL_NAMES, SP_VERSIONED_GLOB, TEKKEN_JSON, TOKENIZER_JSON
+from surgery.tokenizer_files import (
+    SP_MODEL_NAMES,
+    SP_VERSIONED_GLOB,
+    TEKKEN_JSON,
+    TOKENIZER_JSON,
+)
 
 BATCH_DOCS = 2000
 

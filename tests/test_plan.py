@@ -9,7 +9,7 @@ import numpy as np
 from conftest import KEEP
 
 from surgery.checkpoint import Checkpoint
-from surgery.keep import KeepList
+from surgery.keep_list import KeepList
 from surgery.plan import plan_trim
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.vocab_tensors import find_vocab_tensors

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import tokenizers
 
-from surgery.keep import build_old_to_new
+from surgery.keep_list import build_old_to_new
 from surgery.tokenizer_files.hf_json import HfTokenizerJson
 
 

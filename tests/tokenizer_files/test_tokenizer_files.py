@@ -10,7 +10,7 @@ import pytest
 from conftest import TOKENIZERS
 
 from surgery.errors import CheckpointError
-from surgery.keep import build_old_to_new
+from surgery.keep_list import build_old_to_new
 from surgery.tokenizer_files import TokenizerFiles
 
 

@@ -1,4 +1,4 @@
-"""verify: reopen a freshly written output and check it against its plan before it is moved into place."""
+"""output_checks: reopen a freshly written output and check it against its plan before it is moved into place."""
 
 from __future__ import annotations
 

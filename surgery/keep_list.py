@@ -50,6 +50,25 @@ class KeepList:
             raise InputError(f"{path.name}: keep list has no ids")
         return cls(path, tuple(sorted(seen)), duplicates)
 
+    @classmethod
+    def of(cls, ids, n_vocab: int) -> KeepList:
+        """The same checks for ids given in Python (an iterable of ints)."""
+        seen: set[int] = set()
+        duplicates = 0
+        for old_id in ids:
+            if isinstance(old_id, bool) or not isinstance(old_id, (int, np.integer)):
+                raise InputError(f"keep ids: {old_id!r} is not an integer token id")
+            old_id = int(old_id)
+            if old_id < 0:
+                raise InputError(f"keep ids: id {old_id} is negative")
+            if old_id >= n_vocab:
+                raise InputError(f"keep ids: id {old_id} is out of range (vocab has {n_vocab} ids: 0..{n_vocab - 1})")
+            duplicates += old_id in seen
+            seen.add(old_id)
+        if not seen:
+            raise InputError("keep ids: no ids")
+        return cls(Path("keep ids"), tuple(sorted(seen)), duplicates)
+
 
 def build_old_to_new(kept_ids: np.ndarray, n_rows: int) -> np.ndarray:
     """int64 array of length n_rows: new id for each kept old id (in original order), -1 for dropped ids."""

@@ -1,0 +1,342 @@
+"""The Python API: what scripts that make hundreds of variants call. The CLI is a thin layer over it.
+
+Every function raises `SurgeryError` (CheckpointError, InputError, VerifyError) and prints nothing.
+
+    >>> import surgery
+    >>> result = surgery.trim("ckpt/", range(5000), "ckpt-small/")            # doctest: +SKIP
+    >>> result.summary["new_vocab_rows"]                                          # doctest: +SKIP
+    5004
+    >>> job = surgery.prepare_trim("model-Q4_K_M.gguf", "ids.txt")                # doctest: +SKIP
+    >>> print(job.describe()); job.run()                                          # doctest: +SKIP
+    >>> surgery.verify("ckpt/", "ckpt-small/").ok                                  # doctest: +SKIP
+    True
+    >>> surgery.drop_layers("ckpt/", "ckpt-24/", tail=8)                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from surgery.errors import InputError
+
+Progress = Callable[[int], None]  # called with the number of bytes just written
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a verb wrote: the output paths, the summary that `--json` prints, and the wall time."""
+
+    output: list[Path]
+    summary: dict
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {**self.summary, "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A planned edit: read everything, decided everything, written nothing yet. `run()` writes and checks it."""
+
+    plan: object  # TrimPlan, GgufTrimPlan, LayerPlan or GgufLayerPlan
+    _run: Callable[[Progress], tuple[list[Path], dict]] = field(repr=False)
+
+    def describe(self) -> str:
+        return self.plan.describe()
+
+    def to_json(self) -> dict:
+        """The plan, as `--dry-run --json` prints it."""
+        return self.plan.to_json()
+
+    @property
+    def output_nbytes(self) -> int:
+        return self.plan.totals()["bytes_after"]
+
+    def run(self, progress: Progress | None = None) -> Result:
+        started = time.monotonic()
+        output, summary = self._run(progress or (lambda nbytes: None))
+        return Result(output, summary, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    findings: list  # comparison.Finding
+
+    @property
+    def ok(self) -> bool:
+        return all(f.ok for f in self.findings)
+
+    @property
+    def failed(self) -> list[str]:
+        return [f.check for f in self.findings if not f.ok]
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "checks": [f.to_json() for f in self.findings]}
+
+
+def is_gguf(path: Path) -> bool:
+    return Path(path).suffix == ".gguf" and not Path(path).is_dir()
+
+
+# ---- trim -----------------------------------------------------------------------------------------------
+
+
+def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, vocab_tensors: tuple[str, ...] = (),
+                 not_vocab_tensors: tuple[str, ...] = (), drop_reserved: bool = False, link_unchanged: bool = False,
+                 force: bool = False, check_output: bool = True) -> Job:
+    """Plan a vocabulary trim of a folder or a GGUF file. `keep` is a keep-list path or an iterable of ids.
+
+    `check_output=False` skips the checks on OUT (for a dry run, where nothing is written).
+    """
+    src = Path(src)
+    if is_gguf(src):
+        return _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved,
+                                  force, check_output)
+    from surgery.checkpoint import Checkpoint
+    from surgery.output_checks import verify
+    from surgery.plan import plan_trim
+    from surgery.tokenizer_files import TokenizerFiles
+    from surgery.vocab_tensors import find_vocab_tensors
+
+    out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-trimmed"
+    if check_output:
+        check_folder_output(src, out, force)  # before any work: a refusal should not wait for the plan
+    checkpoint = Checkpoint.open(src)
+    vocab = find_vocab_tensors(checkpoint, tuple(vocab_tensors), tuple(not_vocab_tensors))
+    tokenizer = TokenizerFiles.load(src)
+    plan = plan_trim(checkpoint, vocab, tokenizer, _keep_list(keep, max(vocab.n_rows, tokenizer.size())),
+                     pad_to_multiple_of=pad_to_multiple_of, drop_reserved=drop_reserved)
+
+    def run(progress: Progress):
+        write_folder(plan, lambda tmp: verify(plan, tmp, tokenizer), out, link_unchanged, progress)
+        return [out], {
+            "output": str(out), "old_vocab_rows": plan.n_rows, "new_vocab_rows": plan.new_rows,
+            "kept": len(plan.kept_ids), "added_by_rule": plan.addition_counts(), **plan.totals(),
+            "tensors": {a.name: list(a.new_shape) for a in plan.tensor_actions() if a.action == "gather"},
+        }
+
+    return Job(plan, run)
+
+
+def _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved, force,
+                       check_output) -> Job:
+    from surgery.gguf_trim import (
+        check_gguf_output_path,
+        default_output,
+        open_gguf,
+        plan_gguf_trim,
+        write_gguf_verified,
+    )
+
+    out = Path(out) if out is not None else default_output(src)
+    if check_output:
+        check_gguf_output_path(src, out, force)
+    parts = open_gguf(src)
+    n_vocab = len(parts[0].get("tokenizer.ggml.tokens") or [])
+    plan = plan_gguf_trim(parts, _keep_list(keep, n_vocab), pad_to_multiple_of=pad_to_multiple_of,
+                          drop_reserved=drop_reserved, vocab_tensors=tuple(vocab_tensors),
+                          not_vocab_tensors=tuple(not_vocab_tensors))
+
+    def run(progress: Progress):
+        written = write_gguf_verified(plan, out, progress)
+        return written, {
+            "output": [str(p) for p in written], "old_vocab_rows": plan.n_rows, "new_vocab_rows": plan.new_rows,
+            "kept": len(plan.kept_ids), "added_by_rule": plan.addition_counts(), **plan.totals(),
+            "tensors": {a.name: list(reversed(a.new_ne)) for a in plan.actions if a.role},
+        }
+
+    return Job(plan, run)
+
+
+def trim(src, keep, out=None, *, progress: Progress | None = None, **options) -> Result:
+    """Trim the vocabulary of a folder or a GGUF file to `keep` (a keep-list path or an iterable of ids).
+
+    Options: pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved, link_unchanged, force.
+    Returns the written paths and the summary `surgery trim --json` prints.
+    """
+    return prepare_trim(src, keep, out, **options).run(progress)
+
+
+def _keep_list(keep, n_vocab: int):
+    from surgery.keep_list import KeepList
+
+    if isinstance(keep, (str, Path)):
+        return KeepList.load(Path(keep), n_vocab)
+    if not n_vocab:
+        from surgery.errors import CheckpointError
+
+        raise CheckpointError("the source has no tokenizer vocabulary")
+    return KeepList.of(keep, n_vocab)
+
+
+# ---- drop-layers ----------------------------------------------------------------------------------------
+
+
+def prepare_drop_layers(src, out=None, *, drop: str | None = None, keep_layers: str | None = None,
+                        tail: int | None = None, importance=None, num_layers: int | None = None, force: bool = False,
+                        check_output: bool = True) -> Job:
+    """Plan the removal of decoder layers from a folder or a GGUF file; choose with exactly one of drop
+    ("1,4-5"), keep_layers, tail, or importance (a surgery-importance/1 file) with num_layers."""
+    from surgery.layers import (
+        check_layers_output,
+        choose_kept_layers,
+        count_layers,
+        plan_drop_layers,
+    )
+
+    src = Path(src)
+    choice = dict(drop=drop, keep_layers=keep_layers, tail=tail, num_layers=num_layers,
+                  importance=Path(importance) if importance is not None else None)
+    if is_gguf(src):
+        from surgery.gguf_layers import gguf_block_count, plan_gguf_drop_layers
+        from surgery.gguf_trim import (
+            check_gguf_output_path,
+            open_gguf,
+            write_gguf_verified,
+        )
+
+        parts = open_gguf(src)
+        kept = choose_kept_layers(gguf_block_count(parts[0]), **choice)
+        out = Path(out) if out is not None else src.with_name(f"{src.name.removesuffix('.gguf')}-{len(kept)}layers.gguf")
+        if check_output:
+            check_gguf_output_path(src, out, force)
+        gguf_plan = plan_gguf_drop_layers(parts, kept)
+
+        def run_gguf(progress: Progress):
+            written = write_gguf_verified(gguf_plan, out, progress)
+            return written, {"output": [str(p) for p in written], **gguf_plan.to_json()}
+
+        return Job(gguf_plan, run_gguf)
+    from surgery.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint.open(src)
+    kept = choose_kept_layers(count_layers(checkpoint), **choice)
+    out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-{len(kept)}layers"
+    if check_output:
+        check_folder_output(src, out, force)
+    plan = plan_drop_layers(checkpoint, kept)
+
+    def run(progress: Progress):
+        write_folder(plan, lambda tmp: check_layers_output(plan, tmp), out, False, progress)
+        return [out], {"output": str(out), **plan.to_json()}
+
+    return Job(plan, run)
+
+
+def drop_layers(src, out=None, *, progress: Progress | None = None, **choice) -> Result:
+    """Remove decoder layers (depth pruning); see prepare_drop_layers for the ways to choose them."""
+    return prepare_drop_layers(src, out, **choice).run(progress)
+
+
+# ---- keep, inspect, verify ------------------------------------------------------------------------------
+
+
+def keep(src, corpora: Iterable, output=None, **options):
+    """Mine corpora (paths, or "PATH:WEIGHT:MAX_DOCS" strings) into the final kept set.
+
+    Options as `surgery keep`: size, coverage, min_count, top_k, field, whole_files, max_docs, max_bytes,
+    keep_ids, keep_tokens, pad_to_multiple_of, drop_reserved, tokenizer_dir, vocab_tensors, not_vocab_tensors,
+    progress. Returns a MinedKeepList (`.ids`, `.figures`, `.ids_text()`); with `output`, also writes the list.
+    """
+    from surgery.corpus import CorpusSpec
+    from surgery.keep_mining import mine_keep_list
+
+    specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
+    if not specs:
+        raise InputError("keep needs at least one corpus")
+    mined = mine_keep_list(Path(src), specs, **options)
+    if output is not None:
+        Path(output).write_text(mined.ids_text())
+    return mined
+
+
+def inspect(src, keep=None, *, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()):
+    """What a folder or GGUF file holds (the `inspect --json` document), reading no tensor data; with
+    `keep`, also the plan a trim would follow (under "plan"). Returns (report, job or None)."""
+    from surgery.errors import CheckpointError
+
+    src = Path(src)
+    if is_gguf(src):
+        from surgery.gguf_reports import inspect_gguf
+        from surgery.gguf_trim import open_gguf
+
+        report = inspect_gguf(open_gguf(src), tuple(vocab_tensors), tuple(not_vocab_tensors))
+    else:
+        from surgery.checkpoint import Checkpoint
+        from surgery.inspection import inspect_checkpoint
+        from surgery.tokenizer_files import TokenizerFiles
+        from surgery.vocab_tensors import find_vocab_tensors
+
+        checkpoint = Checkpoint.open(src)
+        vocab = find_vocab_tensors(checkpoint, tuple(vocab_tensors), tuple(not_vocab_tensors))
+        try:
+            tokenizer = TokenizerFiles.load(src)
+        except CheckpointError as e:
+            if keep is not None:  # a plan needs the tokenizer
+                raise
+            tokenizer = e
+        report = inspect_checkpoint(checkpoint, vocab, tokenizer)
+    job = None
+    if keep is not None:
+        job = prepare_trim(src, keep, vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors,
+                           check_output=False)
+        report["plan"] = job.to_json()
+    return report, job
+
+
+def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, vocab_tensors: tuple[str, ...] = (),
+           not_vocab_tensors: tuple[str, ...] = ()) -> VerifyResult:
+    """Prove OUT against its source, byte for byte (folder or GGUF); `.ok` says whether every check passed."""
+    src, out = Path(src), Path(out)
+    if is_gguf(src):
+        from surgery.gguf_reports import compare_gguf
+
+        return VerifyResult(compare_gguf(src, out))
+    from surgery.comparison import compare_checkpoints
+    from surgery.corpus import CorpusSpec
+
+    specs = tuple(c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora)
+    return VerifyResult(compare_checkpoints(src, out, specs, max_docs, vocab_tensors=tuple(vocab_tensors),
+                                            not_vocab_tensors=tuple(not_vocab_tensors)))
+
+
+# ---- the output transaction of folders ------------------------------------------------------------------
+
+
+def check_folder_output(src: Path, out: Path, force: bool) -> None:
+    src_resolved, dst = src.resolve(), out.resolve()
+    if dst == src_resolved or src_resolved in dst.parents:
+        raise InputError(f"{out}: output must not be CKPT or inside it (CKPT is never written to)")
+    if dst in src_resolved.parents:
+        raise InputError(f"{out}: output must not contain CKPT")
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists", hint="pass --force to replace it")
+
+
+def write_folder(plan, check: Callable[[Path], object], out: Path, link_unchanged: bool, progress: Progress) -> None:
+    """Write into a sibling partial folder, check it (`check(tmp)` raises on a failure), then move it to OUT;
+    on any failure the partial folder is removed and the error raised."""
+    from surgery.execute import apply_plan
+    from surgery.staging import partial_path, remove_stale_partials
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
+    tmp = partial_path(out)
+    try:
+        apply_plan(plan, tmp, link_unchanged=link_unchanged, progress=progress)
+        check(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():  # --force: the old OUT is moved aside first, then removed
+        aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(4)}"
+        out.rename(aside)
+        tmp.rename(out)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        tmp.rename(out)

@@ -1,0 +1,83 @@
+"""The Python API directly: the same outputs as the CLI, byte for byte, and one error family."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from conftest import CORPUS, KEEP, run_cli
+
+import surgery
+from surgery.errors import CheckpointError, InputError, SurgeryError
+
+
+def tree(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_trim_from_ids_in_python_equals_the_cli(copy_fixture, tmp_path):
+    src = copy_fixture("llama-untied")
+    ids = [int(w) for line in (KEEP / "basic.txt").read_text().splitlines()
+           for w in line.split("#")[0].replace(",", " ").split()]
+    result = surgery.trim(src, ids, tmp_path / "api")
+    cli = json.loads(run_cli(["trim", src, "--keep", KEEP / "basic.txt", "-o", tmp_path / "cli", "--json",
+                              "-q"]).stdout)
+    assert result.output == [tmp_path / "api"]
+    assert {k: v for k, v in result.to_json().items() if k not in ("output", "seconds")} == {
+        k: v for k, v in cli.items() if k not in ("output", "seconds")}
+    assert tree(tmp_path / "api") == tree(tmp_path / "cli")
+
+
+def test_prepare_is_the_dry_run(copy_fixture, tmp_path):
+    src = copy_fixture("qwen-tied-sharded")
+    job = surgery.prepare_trim(src, KEEP / "basic.txt", check_output=False)
+    cli = json.loads(run_cli(["trim", src, "--keep", KEEP / "basic.txt", "--dry-run", "--json"]).stdout)
+    assert job.to_json() == cli
+    assert job.describe() == run_cli(["trim", src, "--keep", KEEP / "basic.txt", "--dry-run"]).stdout.rstrip("\n")
+    assert not (src.parent / "qwen-tied-sharded-trimmed").exists()
+
+
+def test_verify_inspect_and_keep(copy_fixture, tmp_path):
+    src = copy_fixture("llama-untied")
+    surgery.trim(src, KEEP / "basic.txt", tmp_path / "out")
+    result = surgery.verify(src, tmp_path / "out", [CORPUS / "heldout.txt"])
+    assert result.ok and result.failed == [] and result.to_json()["ok"]
+    report, job = surgery.inspect(src)
+    assert report == json.loads(run_cli(["inspect", src, "--json"]).stdout) and job is None
+    mined = surgery.keep(src, [CORPUS / "train.txt"], tmp_path / "ids.txt", size=320)
+    assert len(mined.ids) == 320 and (tmp_path / "ids.txt").read_text() == mined.ids_text()
+    run_cli(["keep", src, "--corpus", CORPUS / "train.txt", "--size", "320", "-o", tmp_path / "cli.txt", "-q"])
+    assert (tmp_path / "cli.txt").read_text() == mined.ids_text()
+
+
+def test_a_failed_verification_says_so(copy_fixture, tmp_path):
+    src = copy_fixture("llama-untied")
+    surgery.trim(src, KEEP / "basic.txt", tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    config["eos_token_id"] = 5
+    (tmp_path / "out" / "config.json").write_text(json.dumps(config))
+    result = surgery.verify(src, tmp_path / "out")
+    assert not result.ok and result.failed == ["config.json"]
+
+
+def test_one_error_family(copy_fixture, tmp_path):
+    src = copy_fixture("llama-untied")
+    with pytest.raises(InputError, match="id 99999 is out of range"):
+        surgery.trim(src, [1, 99999], tmp_path / "out")
+    with pytest.raises(InputError, match="'x' is not an integer token id"):
+        surgery.trim(src, [1, "x"], tmp_path / "out")
+    with pytest.raises(CheckpointError):
+        surgery.trim(tmp_path / "missing", [1], tmp_path / "out")
+    assert issubclass(surgery.InputError, SurgeryError) and not (tmp_path / "out").exists()
+
+
+def test_drop_layers_in_python(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2))
+    model.save_pretrained(tmp_path / "src")
+    result = surgery.drop_layers(tmp_path / "src", tmp_path / "out", tail=2)
+    assert result.summary["kept_layers"] == [0, 3]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 2
