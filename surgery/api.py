@@ -233,6 +233,56 @@ def drop_layers(src, out=None, *, progress: Progress | None = None, **choice) ->
     return prepare_drop_layers(src, out, **choice).run(progress)
 
 
+# ---- prune ---------------------------------------------------------------------------------------------
+
+
+def prepare_prune(src, importance, out=None, *, intermediate_size: int | None = None,
+                  num_attention_heads: int | None = None, hidden_size: int | None = None,
+                  num_experts: int | None = None, force: bool = False, check_output: bool = True) -> Job:
+    """Plan Minitron width pruning of a folder from an importance file (surgery-importance/1): the N most
+    important MLP neurons / query heads per layer, hidden channels, or experts per layer."""
+    from surgery.checkpoint import Checkpoint
+    from surgery.width import check_prune_output, load_importance, plan_prune
+
+    src = Path(src)
+    if is_gguf(src):
+        raise InputError(f"{src.name}: prune works on Hugging Face safetensors folders; GGUF is not supported yet")
+    out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-pruned"
+    if check_output:
+        check_folder_output(src, out, force)
+    plan = plan_prune(Checkpoint.open(src), load_importance(Path(importance)), Path(importance).name,
+                      intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
+                      hidden_size=hidden_size, num_experts=num_experts)
+
+    def run(progress: Progress):
+        write_folder(plan, lambda tmp: check_prune_output(plan, tmp), out, False, progress)
+        return [out], {"output": str(out), **plan.to_json()}
+
+    return Job(plan, run)
+
+
+def prune(src, importance, out=None, *, progress: Progress | None = None, **sizes) -> Result:
+    """Width pruning; see prepare_prune."""
+    return prepare_prune(src, importance, out, **sizes).run(progress)
+
+
+def importance(src, corpora: Iterable, output=None, **options) -> dict:
+    """Minitron importance scores of a folder's model on calibration corpora (needs the `importance` extra).
+
+    Options: max_docs, batch_size, max_length, device, progress. With `output`, also writes the JSON file.
+    """
+    import json
+
+    from surgery.corpus import CorpusSpec
+    from surgery.importance import compute_importance
+
+    specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
+    scores = compute_importance(Path(src), specs, **options)
+    if output is not None:
+        Path(output).write_text(json.dumps(scores) + "\n")
+    return scores
+
+
 # ---- keep, inspect, verify ------------------------------------------------------------------------------
 
 

@@ -234,6 +234,74 @@ def drop_layers(ckpt: Path, drop: str | None, keep_layers: str | None, tail: int
     _run_job(job, dry_run, as_json, quiet)
 
 
+@cli.command()
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--importance", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="An importance file (surgery-importance/1), e.g. from `surgery importance`.")
+@click.option("--intermediate-size", type=click.IntRange(min=1), help="MLP neurons to keep in every layer.")
+@click.option("--num-attention-heads", type=click.IntRange(min=1),
+              help="Query heads to keep in every layer (a multiple of the key/value heads).")
+@click.option("--hidden-size", type=click.IntRange(min=1), help="Hidden channels to keep (changes outputs).")
+@click.option("--num-experts", type=click.IntRange(min=1), help="Experts to keep in every MoE layer.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder. Default: CKPT-pruned.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (the plan or the result).")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@common_options
+@speaks_errors
+def prune(ckpt: Path, importance: Path, intermediate_size: int | None, num_attention_heads: int | None,
+          hidden_size: int | None, num_experts: int | None, output: Path | None, dry_run: bool, as_json: bool,
+          force: bool, quiet: bool) -> None:
+    """Width pruning (Minitron): keep the most important MLP neurons, heads, hidden channels or experts.
+
+    Rows and columns of the known tensors are cut as bytes (any dtype); the config gets the new sizes and an
+    explicit head_dim. MLP and head pruning keep the model's function on the kept units; hidden pruning
+    changes outputs and needs healing.
+
+    \b
+    Example:
+        surgery prune ckpt/ --importance imp.json --intermediate-size 9216 -o ckpt-w/
+        surgery prune ckpt/ --importance imp.json --num-attention-heads 24 --hidden-size 3072 --dry-run
+    """
+    job = api.prepare_prune(ckpt, importance, output, intermediate_size=intermediate_size,
+                            num_attention_heads=num_attention_heads, hidden_size=hidden_size,
+                            num_experts=num_experts, force=force, check_output=not dry_run)
+    _run_job(job, dry_run, as_json, quiet)
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--corpus", "corpora", multiple=True, required=True, metavar="PATH[:WEIGHT[:MAX_DOCS]]",
+              help="Calibration text: plain text, JSON Lines, .gz, a folder, or - for stdin.")
+@click.option("--max-docs", type=click.IntRange(min=1), help="Read at most this many documents per corpus.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Tokens per document at most.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0 where there is one.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the importance file (surgery-importance/1).")
+@common_options
+@speaks_errors
+def importance(ckpt: Path, corpora: tuple[str, ...], max_docs: int | None, batch_size: int, max_length: int,
+               device: str, output: Path, quiet: bool) -> None:
+    """Score layers, MLP neurons, heads and hidden channels on a calibration corpus (Minitron's rules).
+
+    Needs torch and transformers: pip install 'surgery[importance]'. The file feeds `prune` and
+    `drop-layers --importance`.
+
+    \b
+    Example:
+        surgery importance ckpt/ --corpus calib.jsonl --max-docs 1024 -o imp.json
+        surgery prune ckpt/ --importance imp.json --intermediate-size 9216 -o ckpt-w/
+    """
+    meter = _CorpusMeter(not quiet and sys.stderr.isatty())
+    scores = api.importance(ckpt, corpora, output, max_docs=max_docs, batch_size=batch_size, max_length=max_length,
+                            device=device, progress=meter)
+    meter.done()
+    if not quiet:
+        click.echo(f"wrote {output}: {scores['documents']:,} documents, {scores['tokens']:,} tokens", err=True)
+
+
 def _run_job(job: api.Job, dry_run: bool, as_json: bool, quiet: bool) -> None:
     """The plan (dry run), or the summary, the progress bar while writing, and the result."""
     if dry_run:

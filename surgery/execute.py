@@ -134,7 +134,11 @@ def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progres
         for spec in writer.write_header():
             action = actions[spec.name]
             entry = entries[action.source_name]
-            if action.action == "copy":
+            if action.action == "take":
+                writer.write_tensor(spec.name, lambda fd_out, e=entry, a=action: take_rows_cols(fd_in, fd_out, e, a.rows,
+                                                                                               a.cols))
+                progress(action.new_nbytes)
+            elif action.action == "copy":
                 writer.write_tensor(spec.name, lambda fd_out, e=entry: copy_range(fd_in, fd_out, e.begin, e.nbytes,
                                                                                    progress))
             else:
@@ -159,6 +163,25 @@ def copy_range(fd_in: int, fd_out: int, begin: int, nbytes: int, progress: Progr
         offset += copied
         remaining -= copied
         progress(copied)
+
+
+def take_rows_cols(fd_in: int, fd_out: int, entry: TensorEntry, rows: np.ndarray | None, cols: np.ndarray | None
+                   ) -> None:
+    """Rows (axis 0) and columns (axis 1) of a matrix or vector, read a block of rows at a time: the kept rows
+    with one pread per run, the kept columns taken from that block in memory (whole elements, any dtype)."""
+    n_rows = entry.shape[0]
+    row_nbytes = entry.row_nbytes(0)
+    rows = np.arange(n_rows) if rows is None else rows
+    per_block = max(1, READ_BLOCK_NBYTES // max(row_nbytes, 1))
+    for start in range(0, len(rows), per_block):
+        block = rows[start : start + per_block]
+        buffer = bytearray(len(block) * row_nbytes)
+        pread_rows(fd_in, entry.begin, row_nbytes, block, memoryview(buffer))
+        if cols is None:
+            write_all(fd_out, buffer)
+        else:
+            cells = np.frombuffer(buffer, np.uint8).reshape(len(block), entry.shape[1], -1)
+            write_all(fd_out, np.ascontiguousarray(cells[:, cols, :]))
 
 
 def gather_rows(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorAction, row_source: np.ndarray) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +38,15 @@ GENERATION_CONFIG = "generation_config.json"
 class TensorAction:
     name: str
     shard: str
-    action: str  # "gather" (vocab axis indexed by row_source) or "copy" (bytes unchanged)
+    action: str  # "gather" (vocab axis indexed by row_source), "take" (rows/cols) or "copy" (bytes unchanged)
     dtype: str
     old_shape: tuple[int, ...]
     new_shape: tuple[int, ...]
     axis: int | None
     role: str | None
     source: str | None = None  # the source tensor's name when it is renamed (drop-layers)
+    rows: np.ndarray | None = field(default=None, compare=False)  # "take": kept rows (axis 0), None for all
+    cols: np.ndarray | None = field(default=None, compare=False)  # "take": kept columns (axis 1), None for all
 
     @property
     def source_name(self) -> str:

@@ -1,0 +1,117 @@
+"""importance: Minitron's activation-based scores on a calibration corpus (the optional extra: torch and
+transformers, `pip install 'surgery[importance]'`). The only module that loads a model class.
+
+One forward pass per batch with hooks, no gradients, activations in float32 (Model-Optimizer,
+modelopt/torch/nas/plugins/megatron.py; ../shared/PRUNING.md). Per sequence, |x| is averaged over its tokens;
+over the corpus, those means are combined as an L2 norm (square, sum, square root at the end):
+- "mlp": the input of down_proj (act(gate) * up), one score per neuron;
+- "heads": the input of o_proj, then an L2 over head_dim: one score per query head;
+- "hidden": the outputs of every input_layernorm and post_attention_layernorm, summed over the norms;
+- "layers": Block Influence, 1 - cos(layer input, layer output), averaged over tokens, summed over sequences.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from surgery.corpus import CorpusSpec, read_documents
+from surgery.errors import CheckpointError, InputError
+from surgery.layers import IMPORTANCE_FORMAT
+
+
+def _import_torch():
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise InputError("surgery importance needs torch and transformers: pip install 'surgery[importance]' "
+                         "(and pip install torch==2.13.0 for the CPU build)") from e
+    return torch, transformers
+
+
+def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: int | None = None,
+                       batch_size: int = 8, max_length: int = 512, device: str = "cpu",
+                       progress: Callable[[int, int], None] | None = None) -> dict:
+    torch, transformers = _import_torch()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{src}: transformers cannot load it: {e}") from e
+    if tokenizer.pad_token is None:  # batches are padded; the mask keeps padding out of every score
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    layers = model.model.layers
+    config = model.config.get_text_config()
+    n_heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    sums = {"mlp": [0.0] * len(layers), "heads": [0.0] * len(layers), "hidden": {}, "layers": np.zeros(len(layers))}
+    state: dict = {}
+
+    def per_sequence(x):
+        """mean of |x| over each sequence's real tokens: [batch, features]."""
+        mask = state["mask"].to(x.dtype)
+        return (x.abs() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+    def mlp_hook(index):
+        def hook(module, args):
+            sums["mlp"][index] = sums["mlp"][index] + (per_sequence(args[0].float()) ** 2).sum(0)
+        return hook
+
+    def heads_hook(index):
+        def hook(module, args):
+            means = per_sequence(args[0].float()).reshape(-1, n_heads, head_dim)
+            sums["heads"][index] = sums["heads"][index] + (means.norm(dim=-1) ** 2).sum(0)
+        return hook
+
+    def norm_hook(name):
+        def hook(module, args, output):
+            sums["hidden"][name] = sums["hidden"].get(name, 0.0) + (per_sequence(output.float()) ** 2).sum(0)
+        return hook
+
+    def layer_hook(index):
+        def hook(module, args, kwargs, output):
+            hidden_in = (args[0] if args else kwargs["hidden_states"]).float()
+            hidden_out = (output[0] if isinstance(output, tuple) else output).float()
+            cos = torch.nn.functional.cosine_similarity(hidden_in, hidden_out, dim=-1)
+            mask = state["mask"].to(cos.dtype)
+            sums["layers"][index] += float((((1 - cos) * mask).sum(1) / mask.sum(1)).sum())
+        return hook
+
+    handles = []
+    for index, layer in enumerate(layers):
+        if hasattr(layer.mlp, "down_proj"):  # dense MLPs (MoE layers score experts' neurons elsewhere)
+            handles.append(layer.mlp.down_proj.register_forward_pre_hook(mlp_hook(index)))
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(heads_hook(index)))
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            handles.append(getattr(layer, norm).register_forward_hook(norm_hook(f"{index}.{norm}")))
+        handles.append(layer.register_forward_hook(layer_hook(index), with_kwargs=True))
+    documents = tokens = 0
+    try:
+        for spec in corpora:
+            docs = itertools.islice((d for d in read_documents(spec) if d.strip()), spec.max_docs or max_docs)
+            while batch := list(itertools.islice(docs, batch_size)):
+                encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+                state["mask"] = encoded["attention_mask"].to(device)
+                with torch.no_grad():
+                    model(input_ids=encoded["input_ids"].to(device), attention_mask=state["mask"], use_cache=False)
+                documents += len(batch)
+                tokens += int(state["mask"].sum())
+                if progress:
+                    progress(len(batch), sum(len(d.encode()) for d in batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not documents:
+        raise InputError("importance: the corpora hold no documents")
+    as_list = lambda t: np.sqrt(t.cpu().numpy()).tolist()  # noqa: E731
+    hidden = sum(np.sqrt(v.cpu().numpy()) for v in sums["hidden"].values())
+    result = {"format": IMPORTANCE_FORMAT, "source": str(src), "documents": documents, "tokens": tokens,
+              "layers": sums["layers"].tolist(), "heads": [as_list(v) for v in sums["heads"]],
+              "hidden": hidden.tolist()}
+    if all(not isinstance(v, float) for v in sums["mlp"]):
+        result["mlp"] = [as_list(v) for v in sums["mlp"]]
+    return result

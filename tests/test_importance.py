@@ -1,0 +1,73 @@
+"""surgery importance equals a reference computed here with plain torch hooks, one document at a time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import CORPUS, TOKENIZERS, corpus_lines, run_cli
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def reference(root, texts):
+    """Minitron's aggregation written out plainly: per document, mean |x| over its tokens; over documents, the
+    square root of the sum of squares; heads: L2 over head_dim of the per-document means; layers: 1 - cos."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(root)
+    n_layers, n_heads, head_dim = 2, 4, 8
+    mlp = [torch.zeros(48) for _ in range(n_layers)]
+    heads = [torch.zeros(n_heads) for _ in range(n_layers)]
+    norms = {}
+    layers = [0.0] * n_layers
+    captured = {}
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: captured.__setitem__(("mlp", i), a[0])))
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a, i=i: captured.__setitem__(("o", i), a[0])))
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            hooks.append(getattr(layer, norm).register_forward_hook(
+                lambda m, a, out, key=(i, norm): captured.__setitem__(("norm", key), out)))
+        hooks.append(layer.register_forward_hook(
+            lambda m, a, kw, out, i=i: captured.__setitem__(("layer", i), (kw.get("hidden_states", a[0] if a else None),
+                                                                            out[0] if isinstance(out, tuple) else out)),
+            with_kwargs=True))
+    for text in texts:
+        with torch.no_grad():
+            model(input_ids=tok(text, return_tensors="pt")["input_ids"], use_cache=False)
+        for i in range(n_layers):
+            mlp[i] += captured[("mlp", i)][0].abs().mean(0) ** 2
+            heads[i] += captured[("o", i)][0].abs().mean(0).reshape(n_heads, head_dim).norm(dim=-1) ** 2
+            hidden_in, hidden_out = captured[("layer", i)]
+            layers[i] += float((1 - torch.nn.functional.cosine_similarity(hidden_in[0], hidden_out[0], dim=-1)).mean())
+        for key, value in captured.items():
+            if key[0] == "norm":
+                norms[key[1]] = norms.get(key[1], 0) + value[0].abs().mean(0) ** 2
+    for hook in hooks:
+        hook.remove()
+    return {"mlp": [v.sqrt().tolist() for v in mlp], "heads": [v.sqrt().tolist() for v in heads],
+            "hidden": sum(v.sqrt() for v in norms.values()).tolist(), "layers": layers}
+
+
+def test_importance_equals_the_reference(tmp_path):
+    config = transformers.LlamaConfig(vocab_size=800, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "src")
+    for path in (TOKENIZERS / "sp-bpe-llama").iterdir():
+        shutil.copy(path, tmp_path / "src" / path.name)
+    run_cli(["importance", tmp_path / "src", "--corpus", CORPUS / "train.txt", "--max-docs", "12",
+             "--batch-size", "5", "-o", tmp_path / "imp.json", "-q"])
+    scores = json.loads((tmp_path / "imp.json").read_text())
+    assert scores["format"] == "surgery-importance/1" and scores["documents"] == 12
+    expected = reference(tmp_path / "src", [t for t in corpus_lines("train.txt") if t.strip()][:12])
+    for key in ("mlp", "heads", "hidden", "layers"):
+        np.testing.assert_allclose(np.array(scores[key]), np.array(expected[key]), rtol=1e-4, atol=1e-6, err_msg=key)
+    # the file drives prune and drop-layers directly
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--intermediate-size", "32",
+             "-o", tmp_path / "pruned", "-q"])
+    run_cli(["drop-layers", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-layers", "1",
+             "-o", tmp_path / "one-layer", "-q"])

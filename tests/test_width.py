@@ -1,0 +1,169 @@
+"""surgery prune: MLP and head pruning give the logits of the original model with the pruned units masked
+(zeroed down_proj / o_proj columns); hidden and expert pruning load and their tensors are the source slices;
+the kept units are the top-N of the importance file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from safetensors.numpy import load_file
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+BASE = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    config: str
+    model: str
+    kwargs: dict = field(default_factory=dict)
+
+
+ARCHS = [
+    Arch("llama", "LlamaConfig", "LlamaForCausalLM", dict(mlp_bias=True, attention_bias=True)),
+    Arch("qwen2-biases", "Qwen2Config", "Qwen2ForCausalLM"),
+    Arch("qwen3", "Qwen3Config", "Qwen3ForCausalLM"),
+    Arch("phi3-fused", "Phi3Config", "Phi3ForCausalLM", dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+]
+MOE = Arch("qwen3-moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+           dict(moe_intermediate_size=8, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1))
+
+
+def build(arch: Arch, root: Path):
+    kwargs = {**BASE, **arch.kwargs}
+    if arch.name == "phi3-fused":
+        kwargs.pop("head_dim")
+    config = getattr(transformers, arch.config)(**kwargs)
+    torch.manual_seed(0)
+    model = getattr(transformers, arch.model)(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.normal_()  # untrained biases are zero and norms one: make them count
+    model.save_pretrained(root)
+    return model
+
+
+def importance(path: Path, n_layers=2, mlp=48, heads=4, hidden=32, experts=4) -> dict:
+    rng = np.random.default_rng(7)
+    data = {"format": "surgery-importance/1", "layers": rng.random(n_layers).tolist(),
+            "mlp": rng.random((n_layers, mlp)).tolist(), "heads": rng.random((n_layers, heads)).tolist(),
+            "hidden": rng.random(hidden).tolist(), "experts": rng.random((n_layers, experts)).tolist()}
+    path.write_text(json.dumps(data))
+    return data
+
+
+def top_n(scores, n) -> list[int]:
+    return sorted(np.argsort(-np.asarray(scores), kind="stable")[:n].tolist())
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
+
+
+IDS = torch.randint(3, 96, (2, 10), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
+def test_mlp_pruning_equals_masking_the_neurons(arch, tmp_path):
+    original = build(arch, tmp_path / "src")
+    scores = importance(tmp_path / "imp.json")
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--intermediate-size", "20",
+             "-o", tmp_path / "out", "-q"])
+    pruned = getattr(transformers, arch.model).from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert pruned.config.intermediate_size == 20
+    record = json.loads((tmp_path / "out" / "surgery_prune.json").read_text())
+    assert record["kept_mlp"] == [top_n(scores["mlp"][i], 20) for i in range(2)]
+    with torch.no_grad():
+        for i, layer in enumerate(original.model.layers):
+            dropped = [j for j in range(48) if j not in record["kept_mlp"][i]]
+            layer.mlp.down_proj.weight[:, dropped] = 0
+    torch.testing.assert_close(logits(pruned, IDS), logits(original, IDS), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
+def test_head_pruning_equals_masking_the_heads(arch, tmp_path):
+    original = build(arch, tmp_path / "src")
+    scores = importance(tmp_path / "imp.json")
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-attention-heads", "2",
+             "-o", tmp_path / "out", "-q"])
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["num_attention_heads"] == 2 and config["head_dim"] == 8 and config["num_key_value_heads"] == 2
+    record = json.loads((tmp_path / "out" / "surgery_prune.json").read_text())
+    for i in range(2):  # one query head kept in each of the two key/value groups, the better of its pair
+        assert record["kept_heads"][i] == sorted(g * 2 + top_n(scores["heads"][i][g * 2:g * 2 + 2], 1)[0]
+                                                 for g in range(2))
+    pruned = getattr(transformers, arch.model).from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    with torch.no_grad():
+        for i, layer in enumerate(original.model.layers):
+            for head in range(4):
+                if head not in record["kept_heads"][i]:
+                    layer.self_attn.o_proj.weight[:, head * 8:(head + 1) * 8] = 0
+    torch.testing.assert_close(logits(pruned, IDS), logits(original, IDS), rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_pruning_loads_and_its_tensors_are_the_source_slices(tmp_path):
+    build(ARCHS[2], tmp_path / "src")
+    scores = importance(tmp_path / "imp.json")
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--hidden-size", "24",
+             "-o", tmp_path / "out", "-q"])
+    pruned = transformers.Qwen3ForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert pruned.config.hidden_size == 24 and pruned.config.head_dim == 8
+    assert logits(pruned, IDS).shape == (2, 10, 96)
+    kept = top_n(scores["hidden"], 24)
+    src, out = load_file(tmp_path / "src" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert np.array_equal(out["model.embed_tokens.weight"], src["model.embed_tokens.weight"][:, kept])
+    assert np.array_equal(out["model.norm.weight"], src["model.norm.weight"][kept])
+    assert np.array_equal(out["model.layers.0.self_attn.q_proj.weight"], src["model.layers.0.self_attn.q_proj.weight"][:, kept])
+    assert np.array_equal(out["model.layers.1.mlp.down_proj.weight"], src["model.layers.1.mlp.down_proj.weight"][kept])
+    assert np.array_equal(out["model.layers.1.self_attn.q_norm.weight"], src["model.layers.1.self_attn.q_norm.weight"])
+
+
+def test_expert_pruning_renumbers_experts_and_router_rows(tmp_path):
+    build(MOE, tmp_path / "src")
+    scores = importance(tmp_path / "imp.json")
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-experts", "2",
+             "--num-attention-heads", "2", "-o", tmp_path / "out", "-q"])
+    pruned = transformers.Qwen3MoeForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert pruned.config.num_experts == 2 and logits(pruned, IDS).shape == (2, 10, 96)
+    src, out = load_file(tmp_path / "src" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    for layer in range(2):
+        kept = top_n(scores["experts"][layer], 2)
+        p = f"model.layers.{layer}.mlp."
+        assert np.array_equal(out[p + "gate.weight"], src[p + "gate.weight"][kept])
+        for new, old in enumerate(kept):
+            assert np.array_equal(out[f"{p}experts.{new}.down_proj.weight"], src[f"{p}experts.{old}.down_proj.weight"])
+        assert f"{p}experts.2.up_proj.weight" not in out
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--intermediate-size", "48"], 2, "--intermediate-size 48: must be positive and smaller than the current 48"),
+    (["--num-attention-heads", "3"], 2, "--num-attention-heads 3: must be a multiple of the 2 key/value heads "
+                                        "(the same number of query heads is kept in each group)"),
+    ([], 2, "choose at least one of --intermediate-size, --num-attention-heads, --hidden-size, --num-experts"),
+    (["--num-experts", "2"], 2, "--num-experts: this model has no experts (num_experts / n_routed_experts)"),
+])
+def test_refusals(args, code, message, tmp_path):
+    build(ARCHS[0], tmp_path / "src")
+    importance(tmp_path / "imp.json")
+    result = run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", *args, "-o",
+                      tmp_path / "out"], code)
+    assert result.stderr.splitlines()[0] == f"Error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_key_is_named(tmp_path):
+    build(ARCHS[0], tmp_path / "src")
+    (tmp_path / "imp.json").write_text(json.dumps({"format": "surgery-importance/1", "layers": [1, 2]}))
+    result = run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--intermediate-size", "8"], 2)
+    assert 'no "mlp" scores in the importance file' in result.stderr
