@@ -22,6 +22,7 @@ from surgery.errors import CheckpointError, InputError
 from surgery.layer_config import text_config_path
 from surgery.layers import DECODER_LAYER, IMPORTANCE_FORMAT
 from surgery.plan import ShardPlan, TensorAction, other_files
+from surgery.safetensors_io import DTYPE_BITS
 
 PRUNE_RECORD = "surgery_prune.json"
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")  # qwen-moe, transformers 5, deepseek
@@ -240,6 +241,9 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
     text = config
     for key in path:
         text = text[key]
+    if "quantization_config" in config:
+        raise CheckpointError(f"{ckpt.root.name}: a quantized checkpoint ({config['quantization_config'].get('quant_method', '?')}"
+                              "): its packed weights cannot be cut; prune before quantizing")
     cut = decide_cut(text, importance, importance_name, **sizes)
     if cut.mlp is not None and ("moe_intermediate_size" in text and cut.experts is None and any(
             "mlp.experts." in e.name for s in ckpt.shards for e in s.entries)):
@@ -259,6 +263,9 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
                 actions.append(TensorAction(new_name, shard.path.name, "copy", entry.dtype, entry.shape, entry.shape,
                                             None, None, source))
                 continue
+            if DTYPE_BITS[entry.dtype] % 8:
+                raise CheckpointError(f"{shard.path.name}: '{entry.name}' has {entry.dtype}, a packed dtype: a slice "
+                                      "would cut inside a byte")
             new_shape = list(entry.shape)
             if rows is not None:
                 new_shape[0] = len(rows)

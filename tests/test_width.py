@@ -91,7 +91,7 @@ def test_mlp_pruning_equals_masking_the_neurons(arch, tmp_path):
     torch.testing.assert_close(logits(pruned, IDS), logits(original, IDS), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
+@pytest.mark.parametrize("arch", [*ARCHS, MOE], ids=lambda a: a.name)
 def test_head_pruning_equals_masking_the_heads(arch, tmp_path):
     original = build(arch, tmp_path / "src")
     scores = importance(tmp_path / "imp.json")
@@ -167,3 +167,13 @@ def test_a_missing_key_is_named(tmp_path):
     (tmp_path / "imp.json").write_text(json.dumps({"format": "surgery-importance/1", "layers": [1, 2]}))
     result = run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--intermediate-size", "8"], 2)
     assert 'no "mlp" scores in the importance file' in result.stderr
+
+
+def test_quantized_checkpoints_are_refused(tmp_path):
+    build(ARCHS[0], tmp_path / "src")
+    importance(tmp_path / "imp.json")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config))
+    result = run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--intermediate-size", "8"], 1)
+    assert result.stderr.startswith("Error: src: a quantized checkpoint (gptq): its packed weights cannot be cut")
