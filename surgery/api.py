@@ -245,14 +245,26 @@ def prepare_prune(src, importance, out=None, *, intermediate_size: int | None = 
     from surgery.width import check_prune_output, load_importance, plan_prune
 
     src = Path(src)
+    sizes = dict(intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
+                 hidden_size=hidden_size, num_experts=num_experts)
     if is_gguf(src):
-        raise InputError(f"{src.name}: prune works on Hugging Face safetensors folders; GGUF is not supported yet")
+        from surgery.gguf_trim import check_gguf_output_path, open_gguf, write_gguf_verified
+        from surgery.gguf_width import plan_gguf_prune
+
+        out = Path(out) if out is not None else src.with_name(f"{src.name.removesuffix('.gguf')}-pruned.gguf")
+        if check_output:
+            check_gguf_output_path(src, out, force)
+        gguf_plan = plan_gguf_prune(open_gguf(src), load_importance(Path(importance)), Path(importance).name, **sizes)
+
+        def run_gguf(progress: Progress):
+            written = write_gguf_verified(gguf_plan, out, progress)
+            return written, {"output": [str(p) for p in written], **gguf_plan.to_json()}
+
+        return Job(gguf_plan, run_gguf)
     out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-pruned"
     if check_output:
         check_folder_output(src, out, force)
-    plan = plan_prune(Checkpoint.open(src), load_importance(Path(importance)), Path(importance).name,
-                      intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
-                      hidden_size=hidden_size, num_experts=num_experts)
+    plan = plan_prune(Checkpoint.open(src), load_importance(Path(importance)), Path(importance).name, **sizes)
 
     def run(progress: Progress):
         write_folder(plan, lambda tmp: check_prune_output(plan, tmp), out, False, progress)

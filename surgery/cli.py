@@ -243,7 +243,8 @@ def drop_layers(ckpt: Path, drop: str | None, keep_layers: str | None, tail: int
               help="Query heads to keep in every layer (a multiple of the key/value heads).")
 @click.option("--hidden-size", type=click.IntRange(min=1), help="Hidden channels to keep (changes outputs).")
 @click.option("--num-experts", type=click.IntRange(min=1), help="Experts to keep in every MoE layer.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output folder. Default: CKPT-pruned.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Output folder (a .gguf file for a GGUF source). Default: CKPT-pruned.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document to stdout (the plan or the result).")
 @click.option("--force", is_flag=True, help="Replace an existing output.")

@@ -12,13 +12,13 @@ import fnmatch
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from surgery.errors import CheckpointError, InputError, VerifyError
-from surgery.execute import copy_range, gather_rows, writing
+from surgery.execute import copy_range, gather_rows, take_rows_cols, writing
 from surgery.gguf_io import (
     SPLIT_COUNT,
     STRING,
@@ -59,6 +59,8 @@ class GgufAction:
     role: str | None  # None: copied
     axis: int = 0
     new_name: str | None = None  # renamed (drop-layers)
+    rows: np.ndarray | None = field(default=None, compare=False)  # prune: kept rows (outermost axis)
+    cols: np.ndarray | None = field(default=None, compare=False)  # prune: kept columns (ne0)
 
     @property
     def name(self) -> str:
@@ -275,6 +277,9 @@ def write_gguf_plan(plan, targets: list[Path], progress) -> None:
             for action in actions:
                 if action.role:
                     gather_rows(fd_in, fd_out, action.tensor, action, plan.row_source)
+                    progress(action.new_nbytes)
+                elif action.rows is not None or action.cols is not None:
+                    take_rows_cols(fd_in, fd_out, action.tensor, action.rows, action.cols)
                     progress(action.new_nbytes)
                 else:
                     copy_range(fd_in, fd_out, action.tensor.begin, action.tensor.nbytes, progress)

@@ -259,3 +259,34 @@ def test_drop_layers_on_a_gguf_equals_converting_the_pruned_checkpoint(tmp_path)
     full = llama(gguf)
     full.eval(ids)
     assert not np.allclose(np.array(full.scores[: len(ids)]), logits[0])  # the layers mattered
+
+
+@pytest.mark.parametrize("option,value", [("--intermediate-size", "320"), ("--num-attention-heads", "2"),
+                                          ("--hidden-size", "192")])
+def test_prune_on_a_gguf_equals_converting_the_pruned_checkpoint(option, value, tmp_path):
+    """llama.cpp gives the same logits for a GGUF pruned by surgery and for the GGUF converted from the Hugging
+    Face checkpoint pruned by surgery, with the same importance file."""
+    hf = hf_model("llama3-bpe", tmp_path / "hf")
+    gguf = convert(hf, tmp_path / "full.gguf", "f16", MODELS["llama3-bpe"][3])
+    rng = np.random.default_rng(3)
+    imp = tmp_path / "imp.json"
+    imp.write_text(json.dumps({"format": "surgery-importance/1", "mlp": rng.random((2, 512)).tolist(),
+                               "heads": rng.random((2, 4)).tolist(), "hidden": rng.random(256).tolist()}))
+    run_cli(["prune", gguf, "--importance", imp, option, value, "-o", tmp_path / "pruned.gguf", "-q"])
+    run_cli(["prune", hf, "--importance", imp, option, value, "-o", tmp_path / "hf-pruned", "-q"])
+    reference = convert(tmp_path / "hf-pruned", tmp_path / "reference.gguf", "f16", MODELS["llama3-bpe"][3])
+    ids = [1, 50, 200, 300, 17, 99, 4, 250]
+    logits = []
+    for path in (tmp_path / "pruned.gguf", reference):
+        model = llama(path)
+        model.eval(ids)
+        logits.append(np.array(model.scores[: len(ids)]))
+    np.testing.assert_allclose(logits[0], logits[1], rtol=0, atol=1e-5)
+
+
+def test_prune_refuses_to_cut_quantized_blocks(f32_ggufs, workdir, tmp_path):
+    src = source_gguf(f32_ggufs, workdir, "llama-spm", "Q8_0", "Q8_0")
+    imp = tmp_path / "imp.json"
+    imp.write_text(json.dumps({"format": "surgery-importance/1", "mlp": np.ones((2, 512)).tolist()}))
+    result = run_cli(["prune", src, "--importance", imp, "--intermediate-size", "256", "-o", tmp_path / "o.gguf"], 2)
+    assert "cutting columns of 'blk.0.ffn_down.weight' (Q8_0) would cut inside its quantized blocks" in result.stderr
