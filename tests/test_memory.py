@@ -40,3 +40,22 @@ def test_peak_rss_is_flat_in_checkpoint_size(tmp_path, monkeypatch):
     assert large_size > 2.5 * small_size
     assert large_rss < small_rss + 24 * 2**20, results  # tripling the weights adds (almost) nothing
     assert large_rss < large_size / 4 and large_rss < 512 * 2**20, results
+
+
+@pytest.mark.skipif(not Path("/usr/bin/time").exists(), reason="needs GNU time")
+def test_gguf_peak_rss_is_flat_in_file_size(tmp_path, monkeypatch):
+    """The same for GGUF files: the real Qwen vocabulary and merges in the metadata, BF16 tensors."""
+    import synthetic
+    from synthetic_gguf import write_gguf
+
+    keep = tmp_path / "ids.txt"
+    keep.write_text("\n".join(str(i) for i in range(30_000)))
+    results = {}
+    for name, shape in (("small", SMALL), ("large", LARGE)):
+        monkeypatch.setitem(synthetic.SHAPES, name, shape)
+        src = write_gguf(name, "bf16", tmp_path / f"{name}.gguf")
+        results[name] = (src.stat().st_size, peak_rss(src, keep, tmp_path / f"{name}-out.gguf"))
+    (small_size, small_rss), (large_size, large_rss) = results["small"], results["large"]
+    assert large_size > 2.5 * small_size
+    assert large_rss < small_rss + 24 * 2**20, results
+    assert large_rss < large_size / 4 and large_rss < 512 * 2**20, results
