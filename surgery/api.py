@@ -238,7 +238,9 @@ def drop_layers(src, out=None, *, progress: Progress | None = None, **choice) ->
 
 def prepare_prune(src, importance, out=None, *, intermediate_size: int | None = None,
                   num_attention_heads: int | None = None, hidden_size: int | None = None,
-                  num_experts: int | None = None, force: bool = False, check_output: bool = True) -> Job:
+                  num_experts: int | None = None, moe_intermediate_size: int | None = None,
+                  shared_expert_intermediate_size: int | None = None, force: bool = False,
+                  check_output: bool = True) -> Job:
     """Plan Minitron width pruning of a folder from an importance file (surgery-importance/1): the N most
     important MLP neurons / query heads per layer, hidden channels, or experts per layer."""
     from surgery.checkpoint import Checkpoint
@@ -246,9 +248,14 @@ def prepare_prune(src, importance, out=None, *, intermediate_size: int | None = 
 
     src = Path(src)
     sizes = dict(intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
-                 hidden_size=hidden_size, num_experts=num_experts)
+                 hidden_size=hidden_size, num_experts=num_experts, moe_intermediate_size=moe_intermediate_size,
+                 shared_expert_intermediate_size=shared_expert_intermediate_size)
     if is_gguf(src):
-        from surgery.gguf_trim import check_gguf_output_path, open_gguf, write_gguf_verified
+        from surgery.gguf_trim import (
+            check_gguf_output_path,
+            open_gguf,
+            write_gguf_verified,
+        )
         from surgery.gguf_width import plan_gguf_prune
 
         out = Path(out) if out is not None else src.with_name(f"{src.name.removesuffix('.gguf')}-pruned.gguf")

@@ -243,6 +243,9 @@ def drop_layers(ckpt: Path, drop: str | None, keep_layers: str | None, tail: int
               help="Query heads to keep in every layer (a multiple of the key/value heads).")
 @click.option("--hidden-size", type=click.IntRange(min=1), help="Hidden channels to keep (changes outputs).")
 @click.option("--num-experts", type=click.IntRange(min=1), help="Experts to keep in every MoE layer.")
+@click.option("--moe-intermediate-size", type=click.IntRange(min=1), help="Neurons to keep in every expert.")
+@click.option("--shared-expert-intermediate-size", type=click.IntRange(min=1),
+              help="Neurons to keep in every shared expert (Qwen2-MoE).")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Output folder (a .gguf file for a GGUF source). Default: CKPT-pruned.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
@@ -251,7 +254,8 @@ def drop_layers(ckpt: Path, drop: str | None, keep_layers: str | None, tail: int
 @common_options
 @speaks_errors
 def prune(ckpt: Path, importance: Path, intermediate_size: int | None, num_attention_heads: int | None,
-          hidden_size: int | None, num_experts: int | None, output: Path | None, dry_run: bool, as_json: bool,
+          hidden_size: int | None, num_experts: int | None, moe_intermediate_size: int | None,
+          shared_expert_intermediate_size: int | None, output: Path | None, dry_run: bool, as_json: bool,
           force: bool, quiet: bool) -> None:
     """Width pruning (Minitron): keep the most important MLP neurons, heads, hidden channels or experts.
 
@@ -266,7 +270,9 @@ def prune(ckpt: Path, importance: Path, intermediate_size: int | None, num_atten
     """
     job = api.prepare_prune(ckpt, importance, output, intermediate_size=intermediate_size,
                             num_attention_heads=num_attention_heads, hidden_size=hidden_size,
-                            num_experts=num_experts, force=force, check_output=not dry_run)
+                            num_experts=num_experts, moe_intermediate_size=moe_intermediate_size,
+                            shared_expert_intermediate_size=shared_expert_intermediate_size, force=force,
+                            check_output=not dry_run)
     _run_job(job, dry_run, as_json, quiet)
 
 

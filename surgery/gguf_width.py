@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from surgery.errors import CheckpointError, InputError, VerifyError
-from surgery.gguf_io import ARRAY, STRING, UINT32, GgufFile, KeyValue, read_gguf, split_name
+from surgery.gguf_io import (
+    ARRAY,
+    STRING,
+    UINT32,
+    GgufFile,
+    KeyValue,
+    read_gguf,
+    split_name,
+)
 from surgery.gguf_trim import GgufAction
 from surgery.width import Cut, decide_cut
 
@@ -152,6 +160,9 @@ def plan_gguf_prune(parts: list[GgufFile], importance: dict, importance_name: st
     if f"{arch}.block_count" not in first.kvs:
         raise CheckpointError(f"{first.path.name}: no {arch}.block_count in its metadata")
     text = _text_view(first, arch)
+    if sizes.get("moe_intermediate_size") or sizes.get("shared_expert_intermediate_size"):
+        raise InputError(f"{first.path.name}: pruning expert neurons of a GGUF file is not supported (its experts "
+                         "are merged); prune the Hugging Face checkpoint, then convert")
     cut = decide_cut(text, importance, importance_name, **sizes)
     actions = []
     for index, part in enumerate(parts):

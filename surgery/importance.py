@@ -8,6 +8,8 @@ over the corpus, those means are combined as an L2 norm (square, sum, square roo
 - "heads": the input of o_proj, then an L2 over head_dim: one score per query head;
 - "hidden": the outputs of every input_layernorm and post_attention_layernorm, summed over the norms;
 - "layers": Block Influence, 1 - cos(layer input, layer output), averaged over tokens, summed over sequences.
+MoE models also get "experts" (each expert's routing probability), "experts_mlp" (each expert's act(gate) * up
+over the tokens routed to it, recomputed from the fused weights) and "shared_expert_mlp" (Qwen2-MoE).
 """
 
 from __future__ import annotations
@@ -48,12 +50,15 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
     config = model.config.get_text_config()
     n_heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    sums = {"mlp": [0.0] * len(layers), "heads": [0.0] * len(layers), "hidden": {}, "layers": np.zeros(len(layers))}
+    sums = {"mlp": [0.0] * len(layers), "heads": [0.0] * len(layers), "hidden": {}, "layers": np.zeros(len(layers)),
+            "shared_expert_mlp": [0.0] * len(layers), "experts": [0.0] * len(layers),
+            "experts_mlp": [None] * len(layers)}
     state: dict = {}
 
     def per_sequence(x):
         """mean of |x| over each sequence's real tokens: [batch, features]."""
         mask = state["mask"].to(x.dtype)
+        x = x.reshape(*mask.shape, x.shape[-1])  # MoE blocks see the batch's tokens flattened
         return (x.abs() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
     def mlp_hook(index):
@@ -72,6 +77,38 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
             sums["hidden"][name] = sums["hidden"].get(name, 0.0) + (per_sequence(output.float()) ** 2).sum(0)
         return hook
 
+    def shared_hook(index):
+        def hook(module, args):
+            sums["shared_expert_mlp"][index] = sums["shared_expert_mlp"][index] + (
+                per_sequence(args[0].float()) ** 2).sum(0)
+        return hook
+
+    def router_hook(index):
+        def hook(module, args, output):
+            logits = (output[0] if isinstance(output, tuple) else output).float()
+            sums["experts"][index] = sums["experts"][index] + (per_sequence(logits.softmax(-1)) ** 2).sum(0)
+        return hook
+
+    def experts_hook(index):
+        """Each expert's act(gate) * up on the tokens routed to it, recomputed from the fused weights."""
+        def hook(module, args):
+            hidden_states, top_k_index = args[0].float().reshape(-1, args[0].shape[-1]), args[1].reshape(-1, args[1].shape[-1])
+            batch, length = state["mask"].shape
+            valid = state["mask"].reshape(-1).bool()
+            sequence = torch.arange(batch * length, device=hidden_states.device) // length
+            scores = sums["experts_mlp"][index]
+            for expert in range(module.gate_up_proj.shape[0]):
+                routed = (top_k_index == expert).any(-1) & valid
+                if not routed.any():
+                    continue
+                gate, up = torch.nn.functional.linear(hidden_states[routed], module.gate_up_proj[expert].float()).chunk(2, -1)
+                values = (module.act_fn(gate) * up).abs()
+                owners = sequence[routed]
+                means = torch.zeros(batch, values.shape[-1]).index_add_(0, owners, values) / torch.bincount(
+                    owners, minlength=batch).clamp(min=1)[:, None]
+                scores[expert] = scores[expert] + (means ** 2).sum(0)
+        return hook
+
     def layer_hook(index):
         def hook(module, args, kwargs, output):
             hidden_in = (args[0] if args else kwargs["hidden_states"]).float()
@@ -83,8 +120,16 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
 
     handles = []
     for index, layer in enumerate(layers):
-        if hasattr(layer.mlp, "down_proj"):  # dense MLPs (MoE layers score experts' neurons elsewhere)
+        if hasattr(layer.mlp, "down_proj"):  # dense MLPs
             handles.append(layer.mlp.down_proj.register_forward_pre_hook(mlp_hook(index)))
+        if hasattr(layer.mlp, "shared_expert"):  # qwen2-moe
+            handles.append(layer.mlp.shared_expert.down_proj.register_forward_pre_hook(shared_hook(index)))
+        if hasattr(layer.mlp, "gate") and hasattr(layer.mlp, "experts"):  # MoE: the router and the experts
+            handles.append(layer.mlp.gate.register_forward_hook(router_hook(index)))
+            if hasattr(layer.mlp.experts, "gate_up_proj"):
+                n_experts = layer.mlp.experts.gate_up_proj.shape[0]
+                sums["experts_mlp"][index] = [0.0] * n_experts
+                handles.append(layer.mlp.experts.register_forward_pre_hook(experts_hook(index)))
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(heads_hook(index)))
         for norm in ("input_layernorm", "post_attention_layernorm"):
             handles.append(getattr(layer, norm).register_forward_hook(norm_hook(f"{index}.{norm}")))
@@ -112,6 +157,9 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
     result = {"format": IMPORTANCE_FORMAT, "source": str(src), "documents": documents, "tokens": tokens,
               "layers": sums["layers"].tolist(), "heads": [as_list(v) for v in sums["heads"]],
               "hidden": hidden.tolist()}
-    if all(not isinstance(v, float) for v in sums["mlp"]):
-        result["mlp"] = [as_list(v) for v in sums["mlp"]]
+    for key in ("mlp", "shared_expert_mlp", "experts"):  # present when every layer has the module
+        if all(not isinstance(v, float) for v in sums[key]):
+            result[key] = [as_list(v) for v in sums[key]]
+    if all(v is not None and not any(isinstance(e, float) for e in v) for v in sums["experts_mlp"]):
+        result["experts_mlp"] = [[as_list(e) for e in v] for v in sums["experts_mlp"]]
     return result

@@ -65,6 +65,8 @@ class Cut:
     """What prune keeps of each index space."""
 
     mlp: list[np.ndarray] | None = None  # per layer, kept neurons
+    expert_mlp: list[list[np.ndarray]] | None = None  # per layer, per (original) expert, kept neurons
+    shared_mlp: list[np.ndarray] | None = None  # per layer, kept neurons of the shared expert
     heads: list[np.ndarray] | None = None  # per layer, kept query heads
     hidden: np.ndarray | None = None  # kept hidden channels
     experts: list[np.ndarray] | None = None  # per layer, kept experts
@@ -73,9 +75,10 @@ class Cut:
 
 def decide_cut(text: dict, importance: dict, name: str, *, intermediate_size: int | None = None,
                num_attention_heads: int | None = None, hidden_size: int | None = None,
-               num_experts: int | None = None) -> Cut:
+               num_experts: int | None = None, moe_intermediate_size: int | None = None,
+               shared_expert_intermediate_size: int | None = None) -> Cut:
     n_layers = text["num_hidden_layers"]
-    mlp = heads = hidden = experts = None
+    mlp = heads = hidden = experts = expert_mlp = shared_mlp = None
     sizes: dict = {}
 
     def check(option: str, new: int | None, old: int) -> None:
@@ -117,17 +120,44 @@ def decide_cut(text: dict, importance: dict, name: str, *, intermediate_size: in
         scores = _scores(importance, "experts", (n_layers, old), name)
         experts = [top(scores[i], num_experts) for i in range(n_layers)]
         sizes[key] = num_experts
+    if moe_intermediate_size is not None:
+        old = text.get("moe_intermediate_size")
+        key = next((k for k in EXPERT_COUNT_KEYS if isinstance(text.get(k), int)), None)
+        if not isinstance(old, int) or key is None:
+            raise InputError("--moe-intermediate-size: this model has no experts (moe_intermediate_size)")
+        check("--moe-intermediate-size", moe_intermediate_size, old)
+        scores = _scores(importance, "experts_mlp", (n_layers, text[key], old), name)
+        expert_mlp = [[top(scores[i, j], moe_intermediate_size) for j in range(text[key])] for i in range(n_layers)]
+        sizes["moe_intermediate_size"] = moe_intermediate_size
+    if shared_expert_intermediate_size is not None:
+        old = text.get("shared_expert_intermediate_size")
+        if not isinstance(old, int):
+            raise InputError("--shared-expert-intermediate-size: this model has no shared expert "
+                             "(shared_expert_intermediate_size)")
+        check("--shared-expert-intermediate-size", shared_expert_intermediate_size, old)
+        scores = _scores(importance, "shared_expert_mlp", (n_layers, old), name)
+        shared_mlp = [top(scores[i], shared_expert_intermediate_size) for i in range(n_layers)]
+        sizes["shared_expert_intermediate_size"] = shared_expert_intermediate_size
     if not sizes:
         raise InputError("choose at least one of --intermediate-size, --num-attention-heads, --hidden-size, "
-                         "--num-experts")
+                         "--num-experts, --moe-intermediate-size, --shared-expert-intermediate-size")
     if num_attention_heads is not None or hidden_size is not None:
         sizes["head_dim"] = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
-    return Cut(mlp, heads, hidden, experts, sizes)
+    return Cut(mlp, expert_mlp, shared_mlp, heads, hidden, experts, sizes)
 
 
 def _span(units: np.ndarray, width: int) -> np.ndarray:
     """Rows of units of `width` rows each (heads of head_dim rows)."""
     return (units[:, None] * width + np.arange(width)[None, :]).ravel()
+
+
+def _mlp_take(rest: str, neurons: np.ndarray, rows, cols):
+    """gate_proj/up_proj rows and down_proj columns of one MLP (an expert or the shared expert)."""
+    if rest in ("gate_proj.weight", "up_proj.weight", "gate_proj.bias", "up_proj.bias"):
+        return neurons, cols
+    if rest == "down_proj.weight":
+        return rows, neurons
+    return rows, cols
 
 
 def tensor_take(name: str, shape: tuple[int, ...], cut: Cut, text: dict) -> tuple[np.ndarray | None, np.ndarray | None,
@@ -150,6 +180,10 @@ def tensor_take(name: str, shape: tuple[int, ...], cut: Cut, text: dict) -> tupl
         new_name = name.replace(f"mlp.experts.{expert[1]}.", f"mlp.experts.{kept.index(int(expert[1]))}.", 1)
     if layer is not None and cut.experts is not None and rest in ("mlp.gate.weight", "mlp.gate.e_score_correction_bias"):
         rows = cut.experts[layer]
+    if layer is not None and expert is not None and cut.expert_mlp is not None:
+        rows, cols = _mlp_take(expert[2], cut.expert_mlp[layer][int(expert[1])], rows, cols)
+    if layer is not None and cut.shared_mlp is not None and rest.startswith("mlp.shared_expert."):
+        rows, cols = _mlp_take(rest.removeprefix("mlp.shared_expert."), cut.shared_mlp[layer], rows, cols)
     if layer is not None and cut.mlp is not None and expert is None:
         neurons = cut.mlp[layer]
         if rest in ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.gate_proj.bias", "mlp.up_proj.bias"):
@@ -201,6 +235,8 @@ class PrunePlan:
     def record(self) -> dict:
         as_lists = lambda units: None if units is None else [u.tolist() for u in units]  # noqa: E731
         return {"source": str(self.src), "sizes": self.cut.sizes, "kept_mlp": as_lists(self.cut.mlp),
+                "kept_expert_mlp": None if self.cut.expert_mlp is None else [as_lists(e) for e in self.cut.expert_mlp],
+                "kept_shared_expert_mlp": as_lists(self.cut.shared_mlp),
                 "kept_heads": as_lists(self.cut.heads), "kept_experts": as_lists(self.cut.experts),
                 "kept_hidden": None if self.cut.hidden is None else self.cut.hidden.tolist()}
 
@@ -245,10 +281,9 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
         raise CheckpointError(f"{ckpt.root.name}: a quantized checkpoint ({config['quantization_config'].get('quant_method', '?')}"
                               "): its packed weights cannot be cut; prune before quantizing")
     cut = decide_cut(text, importance, importance_name, **sizes)
-    if cut.mlp is not None and ("moe_intermediate_size" in text and cut.experts is None and any(
-            "mlp.experts." in e.name for s in ckpt.shards for e in s.entries)):
-        raise InputError("--intermediate-size: this model's MLPs are experts (moe_intermediate_size); pruning "
-                         "expert neurons is not supported")
+    if cut.mlp is not None and not any(e.name.endswith(("mlp.down_proj.weight", "mlp.gate_up_proj.weight"))
+                                       for shard in ckpt.shards for e in shard.entries):
+        raise InputError("--intermediate-size: this model has no dense MLP; for experts use --moe-intermediate-size")
     shards = []
     for shard in ckpt.shards:
         actions, rewritten = [], False

@@ -71,3 +71,23 @@ def test_importance_equals_the_reference(tmp_path):
              "-o", tmp_path / "pruned", "-q"])
     run_cli(["drop-layers", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-layers", "1",
              "-o", tmp_path / "one-layer", "-q"])
+
+
+def test_moe_importance_drives_expert_pruning(tmp_path):
+    config = transformers.Qwen2MoeConfig(vocab_size=800, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, moe_intermediate_size=8,
+                                         shared_expert_intermediate_size=12, num_experts=4, num_experts_per_tok=2)
+    torch.manual_seed(0)
+    transformers.Qwen2MoeForCausalLM(config).save_pretrained(tmp_path / "src")
+    for path in (TOKENIZERS / "sp-bpe-llama").iterdir():
+        shutil.copy(path, tmp_path / "src" / path.name)
+    run_cli(["importance", tmp_path / "src", "--corpus", CORPUS / "train.txt", "--max-docs", "6", "-o",
+             tmp_path / "imp.json", "-q"])
+    scores = json.loads((tmp_path / "imp.json").read_text())
+    assert np.array(scores["experts"]).shape == (2, 4) and np.array(scores["experts_mlp"]).shape == (2, 4, 8)
+    assert np.array(scores["shared_expert_mlp"]).shape == (2, 12) and "mlp" not in scores
+    assert np.all(np.array(scores["experts"]) > 0)
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-experts", "2",
+             "--moe-intermediate-size", "4", "--shared-expert-intermediate-size", "8", "-o", tmp_path / "out", "-q"])
+    pruned = transformers.Qwen2MoeForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    assert pruned.config.num_experts == 2 and pruned.config.moe_intermediate_size == 4

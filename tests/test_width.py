@@ -150,7 +150,9 @@ def test_expert_pruning_renumbers_experts_and_router_rows(tmp_path):
     (["--intermediate-size", "48"], 2, "--intermediate-size 48: must be positive and smaller than the current 48"),
     (["--num-attention-heads", "3"], 2, "--num-attention-heads 3: must be a multiple of the 2 key/value heads "
                                         "(the same number of query heads is kept in each group)"),
-    ([], 2, "choose at least one of --intermediate-size, --num-attention-heads, --hidden-size, --num-experts"),
+    ([], 2, "choose at least one of --intermediate-size, --num-attention-heads, --hidden-size, --num-experts, "
+            "--moe-intermediate-size, --shared-expert-intermediate-size"),
+    (["--moe-intermediate-size", "4"], 2, "--moe-intermediate-size: this model has no experts (moe_intermediate_size)"),
     (["--num-experts", "2"], 2, "--num-experts: this model has no experts (num_experts / n_routed_experts)"),
 ])
 def test_refusals(args, code, message, tmp_path):
@@ -177,3 +179,33 @@ def test_quantized_checkpoints_are_refused(tmp_path):
     (tmp_path / "src" / "config.json").write_text(json.dumps(config))
     result = run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--intermediate-size", "8"], 1)
     assert result.stderr.startswith("Error: src: a quantized checkpoint (gptq): its packed weights cannot be cut")
+
+
+QWEN2_MOE = Arch("qwen2-moe", "Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                 dict(moe_intermediate_size=8, shared_expert_intermediate_size=12, num_experts=4, num_experts_per_tok=2))
+
+
+def test_expert_and_shared_expert_neurons_equal_masking_them(tmp_path):
+    kwargs = {k: v for k, v in BASE.items() if k != "head_dim"}
+    config = transformers.Qwen2MoeConfig(**kwargs, **QWEN2_MOE.kwargs)
+    torch.manual_seed(0)
+    original = transformers.Qwen2MoeForCausalLM(config).eval()
+    original.save_pretrained(tmp_path / "src")
+    rng = np.random.default_rng(5)
+    scores = {"format": "surgery-importance/1", "experts_mlp": rng.random((2, 4, 8)).tolist(),
+              "shared_expert_mlp": rng.random((2, 12)).tolist()}
+    (tmp_path / "imp.json").write_text(json.dumps(scores))
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--moe-intermediate-size", "4",
+             "--shared-expert-intermediate-size", "6", "-o", tmp_path / "out", "-q"])
+    pruned = transformers.Qwen2MoeForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert pruned.config.moe_intermediate_size == 4 and pruned.config.shared_expert_intermediate_size == 6
+    record = json.loads((tmp_path / "out" / "surgery_prune.json").read_text())
+    with torch.no_grad():
+        for i, layer in enumerate(original.model.layers):
+            for expert in range(4):
+                kept = top_n(scores["experts_mlp"][i][expert], 4)
+                assert record["kept_expert_mlp"][i][expert] == kept
+                layer.mlp.experts.down_proj[expert][:, [j for j in range(8) if j not in kept]] = 0
+            kept = top_n(scores["shared_expert_mlp"][i], 6)
+            layer.mlp.shared_expert.down_proj.weight[:, [j for j in range(12) if j not in kept]] = 0
+    torch.testing.assert_close(logits(pruned, IDS), logits(original, IDS), rtol=1e-5, atol=1e-6)
