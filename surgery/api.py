@@ -288,7 +288,8 @@ def prune(src, importance, out=None, *, progress: Progress | None = None, **size
 def importance(src, corpora: Iterable, output=None, **options) -> dict:
     """Minitron importance scores of a folder's model on calibration corpora (needs the `importance` extra).
 
-    Options: max_docs, batch_size, max_length, device, progress. With `output`, also writes the JSON file.
+    Options: max_docs, field, whole_files, batch_size, max_length, device, progress. With `output`, also writes
+    the JSON file.
     """
     import json
 

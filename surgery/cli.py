@@ -281,7 +281,10 @@ def prune(ckpt: Path, importance: Path, intermediate_size: int | None, num_atten
 @click.option("--corpus", "corpora", multiple=True, required=True, metavar="PATH[:WEIGHT[:MAX_DOCS]]",
               help="Calibration text: plain text, JSON Lines, .gz, a folder, or - for stdin.")
 @click.option("--max-docs", type=click.IntRange(min=1), help="Read at most this many documents per corpus.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--field", default="text", show_default=True, help="JSON Lines field holding the text.")
+@click.option("--whole-files", is_flag=True, help="Treat each plain-text file as one document, not one per line.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Documents per forward pass.")
 @click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
               help="Tokens per document at most.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0 where there is one.")
@@ -289,8 +292,8 @@ def prune(ckpt: Path, importance: Path, intermediate_size: int | None, num_atten
               help="Where to write the importance file (surgery-importance/1).")
 @common_options
 @speaks_errors
-def importance(ckpt: Path, corpora: tuple[str, ...], max_docs: int | None, batch_size: int, max_length: int,
-               device: str, output: Path, quiet: bool) -> None:
+def importance(ckpt: Path, corpora: tuple[str, ...], max_docs: int | None, field: str, whole_files: bool,
+               batch_size: int, max_length: int, device: str, output: Path, quiet: bool) -> None:
     """Score layers, MLP neurons, heads and hidden channels on a calibration corpus (Minitron's rules).
 
     Needs torch and transformers: pip install 'surgery[importance]'. The file feeds `prune` and
@@ -302,8 +305,8 @@ def importance(ckpt: Path, corpora: tuple[str, ...], max_docs: int | None, batch
         surgery prune ckpt/ --importance imp.json --intermediate-size 9216 -o ckpt-w/
     """
     meter = _CorpusMeter(not quiet and sys.stderr.isatty())
-    scores = api.importance(ckpt, corpora, output, max_docs=max_docs, batch_size=batch_size, max_length=max_length,
-                            device=device, progress=meter)
+    scores = api.importance(ckpt, corpora, output, max_docs=max_docs, field=field, whole_files=whole_files,
+                            batch_size=batch_size, max_length=max_length, device=device, progress=meter)
     meter.done()
     if not quiet:
         click.echo(f"wrote {output}: {scores['documents']:,} documents, {scores['tokens']:,} tokens", err=True)

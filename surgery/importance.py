@@ -36,7 +36,8 @@ def _import_torch():
 
 
 def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: int | None = None,
-                       batch_size: int = 8, max_length: int = 512, device: str = "cpu",
+                       field: str = "text", whole_files: bool = False, batch_size: int = 8, max_length: int = 512,
+                       device: str = "cpu",
                        progress: Callable[[int, int], None] | None = None) -> dict:
     torch, transformers = _import_torch()
     try:
@@ -137,7 +138,8 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
     documents = tokens = 0
     try:
         for spec in corpora:
-            docs = itertools.islice((d for d in read_documents(spec) if d.strip()), spec.max_docs or max_docs)
+            docs = itertools.islice((d for d in read_documents(spec, field=field, whole_files=whole_files)
+                                     if d.strip()), spec.max_docs or max_docs)
             while batch := list(itertools.islice(docs, batch_size)):
                 encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
                 state["mask"] = encoded["attention_mask"].to(device)

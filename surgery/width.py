@@ -121,6 +121,9 @@ def decide_cut(text: dict, importance: dict, name: str, *, intermediate_size: in
         experts = [top(scores[i], num_experts) for i in range(n_layers)]
         sizes[key] = num_experts
     if moe_intermediate_size is not None:
+        if text.get("n_shared_experts"):
+            raise InputError("--moe-intermediate-size: the shared experts of this model (n_shared_experts) take "
+                             "their size from moe_intermediate_size; pruning them together is not supported")
         old = text.get("moe_intermediate_size")
         key = next((k for k in EXPERT_COUNT_KEYS if isinstance(text.get(k), int)), None)
         if not isinstance(old, int) or key is None:
@@ -205,7 +208,8 @@ def tensor_take(name: str, shape: tuple[int, ...], cut: Cut, text: dict) -> tupl
     if hidden is not None:
         projections_in = ("q_proj", "k_proj", "v_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj", "gate",
                           "shared_expert_gate")
-        if NORM.match(rest) and shape == (text["hidden_size"],):
+        if NORM.match(rest) and shape == (text["hidden_size"],) and not rest.endswith(("q_norm.weight",
+                                                                                         "k_norm.weight")):
             rows = hidden
         elif rest.endswith(("o_proj.weight", "down_proj.weight")):
             rows = hidden

@@ -153,6 +153,7 @@ def test_expert_pruning_renumbers_experts_and_router_rows(tmp_path):
     ([], 2, "choose at least one of --intermediate-size, --num-attention-heads, --hidden-size, --num-experts, "
             "--moe-intermediate-size, --shared-expert-intermediate-size"),
     (["--moe-intermediate-size", "4"], 2, "--moe-intermediate-size: this model has no experts (moe_intermediate_size)"),
+    (["--hidden-size", "0"], 2, "Invalid value for '--hidden-size': 0 is not in the range x>=1."),
     (["--num-experts", "2"], 2, "--num-experts: this model has no experts (num_experts / n_routed_experts)"),
 ])
 def test_refusals(args, code, message, tmp_path):
@@ -160,7 +161,7 @@ def test_refusals(args, code, message, tmp_path):
     importance(tmp_path / "imp.json")
     result = run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", *args, "-o",
                       tmp_path / "out"], code)
-    assert result.stderr.splitlines()[0] == f"Error: {message}"
+    assert result.stderr.splitlines()[-1] == f"Error: {message}"  # (click prints its usage line first)
     assert not (tmp_path / "out").exists()
 
 
@@ -209,3 +210,44 @@ def test_expert_and_shared_expert_neurons_equal_masking_them(tmp_path):
             kept = top_n(scores["shared_expert_mlp"][i], 6)
             layer.mlp.shared_expert.down_proj.weight[:, [j for j in range(12) if j not in kept]] = 0
     torch.testing.assert_close(logits(pruned, IDS), logits(original, IDS), rtol=1e-5, atol=1e-6)
+
+
+def test_olmo2_head_pruning_slices_its_full_width_q_norm(tmp_path):
+    """OLMo-2 normalizes the whole query (heads x head_dim): its q_norm is cut with the heads, k_norm stays.
+    (That norm spans every head, so the result is not the masked model: it needs healing like hidden pruning.)"""
+    config = transformers.Olmo2Config(**{k: v for k, v in BASE.items() if k != "head_dim"}, pad_token_id=0,
+                                      bos_token_id=1, eos_token_id=2)
+    transformers.Olmo2ForCausalLM(config).save_pretrained(tmp_path / "src")
+    importance(tmp_path / "imp.json")
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-attention-heads", "2",
+             "--hidden-size", "24", "-o", tmp_path / "out", "-q"])
+    pruned = transformers.Olmo2ForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert logits(pruned, IDS).shape == (2, 10, 96)
+    record = json.loads((tmp_path / "out" / "surgery_prune.json").read_text())
+    src, out = load_file(tmp_path / "src" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    q_rows = [h * 8 + d for h in record["kept_heads"][0] for d in range(8)]
+    assert np.array_equal(out["model.layers.0.self_attn.q_norm.weight"], src["model.layers.0.self_attn.q_norm.weight"][q_rows])
+    assert np.array_equal(out["model.layers.0.self_attn.k_norm.weight"], src["model.layers.0.self_attn.k_norm.weight"])
+
+
+def test_qwen3_moe_expert_neurons_equal_masking_them(tmp_path):
+    original = build(MOE, tmp_path / "src")
+    rng = np.random.default_rng(9)
+    scores = {"format": "surgery-importance/1", "experts_mlp": rng.random((2, 4, 8)).tolist()}
+    (tmp_path / "imp.json").write_text(json.dumps(scores))
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--moe-intermediate-size", "4",
+             "-o", tmp_path / "out", "-q"])
+    pruned = transformers.Qwen3MoeForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    with torch.no_grad():
+        for i, layer in enumerate(original.model.layers):
+            for expert in range(4):
+                kept = top_n(scores["experts_mlp"][i][expert], 4)
+                layer.mlp.experts.down_proj[expert][:, [j for j in range(8) if j not in kept]] = 0
+    torch.testing.assert_close(logits(pruned, IDS), logits(original, IDS), rtol=1e-5, atol=1e-6)
+
+
+def test_fewer_experts_than_routed_per_token_is_refused(tmp_path):
+    build(MOE, tmp_path / "src")
+    importance(tmp_path / "imp.json")
+    result = run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-experts", "1"], 2)
+    assert result.stderr.startswith("Error: --num-experts 1: below num_experts_per_tok (2)")
