@@ -290,3 +290,44 @@ def test_prune_refuses_to_cut_quantized_blocks(f32_ggufs, workdir, tmp_path):
     imp.write_text(json.dumps({"format": "surgery-importance/1", "mlp": np.ones((2, 512)).tolist()}))
     result = run_cli(["prune", src, "--importance", imp, "--intermediate-size", "256", "-o", tmp_path / "o.gguf"], 2)
     assert "cutting columns of 'blk.0.ffn_down.weight' (Q8_0) would cut inside its quantized blocks" in result.stderr
+
+
+def test_gguf_metadata_kept_patched_and_dropped(f32_ggufs, workdir, tmp_path):
+    """tokenizer.ggml.model, .pre, chat_template and general.* unchanged; vocab_size, suppress_tokens patched;
+    an embedded tokenizer.huggingface.json (it would describe the old vocabulary) dropped with a note."""
+    from surgery.gguf_io import ARRAY, INT32, STRING, UINT32, KeyValue
+
+    base = source_gguf(f32_ggufs, workdir, "llama3-bpe", "F16", "F16")
+
+    def add(kvs):
+        kvs["tokenizer.chat_template"] = KeyValue("tokenizer.chat_template", STRING, "{{ '<|eot_id|>' }}")
+        kvs["llama.vocab_size"] = KeyValue("llama.vocab_size", UINT32, 703)
+        kvs["tokenizer.ggml.suppress_tokens"] = KeyValue("tokenizer.ggml.suppress_tokens", ARRAY,
+                                                         np.array([5, 650, 700], np.int32), INT32)
+        kvs["tokenizer.huggingface.json"] = KeyValue("tokenizer.huggingface.json", STRING, "{}")
+
+    def rewrite_adding(src, dst):
+        gguf = read_gguf(src)
+        kvs = dict(gguf.kvs)
+        add(kvs)
+        infos = [(t.name, t.ne, t.ggml_type, t.begin - gguf.header_nbytes) for t in gguf.tensors]
+        raw = src.read_bytes()
+        dst.write_bytes(encode_header(gguf.version, list(kvs.values()), infos, gguf.alignment) + raw[gguf.header_nbytes:])
+        return dst
+
+    src = rewrite_adding(base, tmp_path / "src.gguf")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(str(i) for i in range(0, 300)) + "\n")
+    result = run_cli(["trim", src, "--keep", ids, "-o", tmp_path / "out.gguf"])
+    assert "note: tokenizer.huggingface.json dropped: it describes the untrimmed vocabulary" in result.stderr
+    old, new = read_gguf(src), read_gguf(tmp_path / "out.gguf")
+    record = record_of(tmp_path / "out.gguf")
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.chat_template", "general.architecture",
+                "general.name"):
+        assert new.get(key) == old.get(key), key
+    assert new.get("llama.vocab_size") == record["new_vocab_rows"]
+    old_to_new = {old: new for new, old in enumerate(record["old_ids"])}
+    assert 650 not in old_to_new  # a removed id is dropped from the list, kept ones renumbered
+    assert new.get("tokenizer.ggml.suppress_tokens").tolist() == [5, old_to_new[700]]
+    assert "tokenizer.huggingface.json" not in new.kvs
+    assert 702 in record["old_ids"]  # <|eot_id|>, named by the chat template and the eos id
