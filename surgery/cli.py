@@ -80,7 +80,7 @@ def common_options(command):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="surgery")
 def cli() -> None:
-    """Checkpoint surgery on raw safetensors tensors: trim a model's vocabulary to the tokens you use.
+    """Checkpoint surgery on raw tensors (safetensors folders, GGUF files): trim the vocabulary, drop layers, prune.
 
     \b
     Example:

@@ -6,24 +6,20 @@ the decoder blocks (`{arch}.nextn_predict_layers`), move with them. Tensor bytes
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import ClassVar
 
 from surgery.errors import CheckpointError, VerifyError
 from surgery.gguf_io import (
     ARRAY,
     SPLIT_TENSORS,
-    STRING,
     GgufFile,
     KeyValue,
     read_gguf,
-    split_name,
 )
-from surgery.gguf_trim import GgufAction
+from surgery.gguf_trim import GgufAction, GgufEdit
 from surgery.output_checks import edge_bytes
 
 BLOCK = re.compile(r"^blk\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -47,7 +43,7 @@ def gguf_block_count(gguf: GgufFile) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class GgufLayerPlan:
+class GgufLayerPlan(GgufEdit):
     src: Path
     parts: tuple[GgufFile, ...]
     n_layers: int
@@ -56,25 +52,11 @@ class GgufLayerPlan:
     kvs: tuple[tuple[KeyValue, ...], ...]  # per part
     notes: tuple[str, ...]
     row_source = None
+    record_key: ClassVar[str] = RECORD_KEY
 
     def record(self) -> dict:
         return {"source": str(self.src), "old_num_layers": self.n_layers, "kept_layers": list(self.kept),
                 "dropped_layers": [i for i in range(self.n_layers) if i not in self.kept]}
-
-    def part_kvs(self, index: int) -> list[KeyValue]:
-        kvs = list(self.kvs[index])
-        if index == 0:
-            kvs.append(KeyValue(RECORD_KEY, STRING, json.dumps(self.record(), separators=(",", ":"))))
-        return kvs
-
-    def totals(self) -> dict[str, int]:
-        return {"params_after": sum(int(np.prod(a.new_ne)) for a in self.actions),
-                "bytes_after": sum(a.new_nbytes for a in self.actions)}
-
-    def output_paths(self, out: Path) -> list[Path]:
-        if len(self.parts) == 1:
-            return [out]
-        return [split_name(out, no, len(self.parts)) for no in range(1, len(self.parts) + 1)]
 
     def to_json(self) -> dict:
         return {**self.record(), "num_layers": len(self.kept), **self.totals(),

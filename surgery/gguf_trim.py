@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -125,8 +126,35 @@ def gguf_totals(parts: list[GgufFile], roles: dict[str, Role], new_rows: int) ->
     }
 
 
+class GgufEdit:
+    """What every GGUF plan shares: per-part metadata (the plan's record added to the first part), the output
+    part names, the totals. A plan has `parts`, `actions`, `kvs` (the new metadata of each part), `record_key`
+    and `record()`."""
+
+    __slots__ = ()
+
+    def part_kvs(self, index: int) -> list[KeyValue]:
+        kvs = list(self.kvs[index])
+        if index == 0:
+            kvs.append(KeyValue(self.record_key, STRING, json.dumps(self.record(), separators=(",", ":"))))
+        return kvs
+
+    def output_paths(self, out: Path) -> list[Path]:
+        if len(self.parts) == 1:
+            return [out]
+        return [split_name(out, no, len(self.parts)) for no in range(1, len(self.parts) + 1)]
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "params_before": sum(int(np.prod(a.tensor.ne)) for a in self.actions),
+            "params_after": sum(int(np.prod(a.new_ne)) for a in self.actions),
+            "bytes_before": sum(a.tensor.nbytes for a in self.actions),
+            "bytes_after": sum(a.new_nbytes for a in self.actions),
+        }
+
+
 @dataclass(frozen=True, slots=True)
-class GgufTrimPlan:
+class GgufTrimPlan(GgufEdit):
     src: Path
     parts: tuple[GgufFile, ...]
     vocab: GgufVocab
@@ -136,8 +164,9 @@ class GgufTrimPlan:
     pad_source: int | None
     additions: tuple[tuple[str, tuple[int, ...]], ...]
     actions: tuple[GgufAction, ...]
-    first_kvs: tuple[KeyValue, ...]  # the first part's new metadata (the record is added when writing)
+    kvs: tuple[tuple[KeyValue, ...], ...]  # per part; the first part's tokenizer rewritten
     notes: tuple[str, ...]
+    record_key: ClassVar[str] = RECORD_KEY
 
     @property
     def n_rows(self) -> int:
@@ -154,14 +183,6 @@ class GgufTrimPlan:
     def addition_counts(self) -> dict[str, int]:
         return {rule: len(ids) for rule, ids in self.additions}
 
-    def totals(self) -> dict[str, int]:
-        return {
-            "params_before": sum(int(np.prod(a.tensor.ne)) for a in self.actions),
-            "params_after": sum(int(np.prod(a.new_ne)) for a in self.actions),
-            "bytes_before": sum(a.tensor.nbytes for a in self.actions),
-            "bytes_after": sum(a.new_nbytes for a in self.actions),
-        }
-
     def record(self) -> dict:
         return {
             "source": str(self.src),
@@ -176,19 +197,8 @@ class GgufTrimPlan:
             "old_ids": [int(i) for i in self.kept_ids],
         }
 
-    def part_kvs(self, index: int) -> list[KeyValue]:
-        """The metadata of output part `index`: the rewritten tokenizer and the record go in the first."""
-        if index:
-            return list(self.parts[index].kvs.values())
-        return [*self.first_kvs, KeyValue(RECORD_KEY, STRING, json.dumps(self.record(), separators=(",", ":")))]
-
     def check_output(self, targets: list[Path]) -> None:
         check_gguf_output(self, targets)
-
-    def output_paths(self, out: Path) -> list[Path]:
-        if len(self.parts) == 1:
-            return [out]
-        return [split_name(out, no, len(self.parts)) for no in range(1, len(self.parts) + 1)]
 
     def to_json(self) -> dict:
         return {
@@ -258,7 +268,8 @@ def plan_gguf_trim(parts: list[GgufFile], keep: KeepList, *, pad_to_multiple_of:
             actions.append(GgufAction(index, tensor, new_ne, role.value if role else None))
     first_kvs, tok_notes = vocab.rewrite(list(parts[0].kvs.values()), kept_ids, len(row_source), pad_tokens)
     return GgufTrimPlan(parts[0].path, tuple(parts), vocab, len(user_ids), kept_ids, row_source, pad_source,
-                        tuple(additions), tuple(actions), tuple(first_kvs), tuple(notes + tok_notes))
+                        tuple(additions), tuple(actions),
+                        (tuple(first_kvs), *(tuple(part.kvs.values()) for part in parts[1:])), tuple(notes + tok_notes))
 
 
 def write_gguf_plan(plan, targets: list[Path], progress) -> None:

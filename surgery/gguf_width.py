@@ -10,24 +10,22 @@ explicitly when heads or hidden channels are cut (llama.cpp otherwise derives th
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.gguf_io import (
     ARRAY,
-    STRING,
     UINT32,
     GgufFile,
     KeyValue,
     read_gguf,
-    split_name,
 )
-from surgery.gguf_trim import GgufAction
+from surgery.gguf_trim import GgufAction, GgufEdit
 from surgery.width import Cut, decide_cut
 
 RECORD_KEY = "surgery.prune_record"
@@ -105,33 +103,20 @@ def gguf_take(name: str, shape: tuple[int, ...], cut: Cut, text: dict, arch: str
 
 
 @dataclass(frozen=True, slots=True)
-class GgufPrunePlan:
+class GgufPrunePlan(GgufEdit):
     src: Path
     parts: tuple[GgufFile, ...]
     cut: Cut
     actions: tuple[GgufAction, ...]
-    kvs: tuple[KeyValue, ...]  # the first part's
+    kvs: tuple[tuple[KeyValue, ...], ...]  # per part
     row_source = None
+    record_key: ClassVar[str] = RECORD_KEY
 
     def record(self) -> dict:
         as_lists = lambda units: None if units is None else [u.tolist() for u in units]  # noqa: E731
         return {"source": str(self.src), "sizes": self.cut.sizes, "kept_mlp": as_lists(self.cut.mlp),
                 "kept_heads": as_lists(self.cut.heads), "kept_experts": as_lists(self.cut.experts),
                 "kept_hidden": None if self.cut.hidden is None else self.cut.hidden.tolist()}
-
-    def part_kvs(self, index: int) -> list[KeyValue]:
-        if index:
-            return list(self.parts[index].kvs.values())
-        return [*self.kvs, KeyValue(RECORD_KEY, STRING, json.dumps(self.record(), separators=(",", ":")))]
-
-    def totals(self) -> dict[str, int]:
-        return {"params_after": sum(int(np.prod(a.new_ne)) for a in self.actions),
-                "bytes_after": sum(a.new_nbytes for a in self.actions)}
-
-    def output_paths(self, out: Path) -> list[Path]:
-        if len(self.parts) == 1:
-            return [out]
-        return [split_name(out, no, len(self.parts)) for no in range(1, len(self.parts) + 1)]
 
     def to_json(self) -> dict:
         return {"source": str(self.src), "sizes": self.cut.sizes, **self.totals(),
@@ -192,5 +177,6 @@ def plan_gguf_prune(parts: list[GgufFile], importance: dict, importance_name: st
         kvs += [KeyValue(f"{arch}.attention.{key}", UINT32, cut.sizes["head_dim"]) for key in ("key_length",
                                                                                           "value_length")
                 if f"{arch}.attention.{key}" not in present]
-    return GgufPrunePlan(first.path, tuple(parts), cut, tuple(actions), tuple(kvs))
+    return GgufPrunePlan(first.path, tuple(parts), cut, tuple(actions),
+                         (tuple(kvs), *(tuple(part.kvs.values()) for part in parts[1:])))
 
