@@ -46,3 +46,27 @@ def test_a_vocab_table_of_the_wrong_length_is_refused():
 def test_default_output_names():
     assert default_output(Path("/m/model-Q4_K_M.gguf")).name == "model-Q4_K_M-trimmed.gguf"
     assert default_output(Path("/m/big-00001-of-00003.gguf")).name == "big-trimmed-00001-of-00003.gguf"
+
+
+def test_drop_layers_slices_per_block_arrays_and_moves_mtp_blocks(tmp_path):
+    import numpy as np
+
+    from surgery.gguf_io import ARRAY, INT32, STRING, UINT32, KeyValue, data_offsets, encode_header, read_gguf
+    from surgery.gguf_layers import plan_gguf_drop_layers
+
+    tensors = [("token_embd.weight", (4, 8))] + [(f"blk.{i}.ffn_up.weight", (4, 4)) for i in range(5)]
+    kvs = [KeyValue("general.architecture", STRING, "glm4moe"), KeyValue("glm4moe.block_count", UINT32, 5),
+           KeyValue("glm4moe.nextn_predict_layers", UINT32, 1),
+           KeyValue("glm4moe.leading_dense_block_count", UINT32, 2),
+           KeyValue("glm4moe.attention.head_count", ARRAY, np.array([1, 2, 3, 4, 5], np.int32), INT32)]
+    nbytes = [4 * 4 * 8] + [4 * 16] * 5
+    header = encode_header(3, kvs, [(n, ne, 0, o) for (n, ne), o in zip(tensors, data_offsets(nbytes, 32))], 32)
+    path = tmp_path / "m.gguf"
+    path.write_bytes(header + b"".join(bytes([i]) * n + bytes(-n % 32) for i, n in enumerate(nbytes)))
+    plan = plan_gguf_drop_layers([read_gguf(path)], [0, 3])
+    assert [a.name for a in plan.actions] == ["token_embd.weight", "blk.0.ffn_up.weight", "blk.1.ffn_up.weight",
+                                              "blk.2.ffn_up.weight"]
+    assert plan.actions[3].tensor.name == "blk.4.ffn_up.weight"  # the MTP block follows the kept ones
+    kvs = {kv.key: kv.value for kv in plan.kvs[0]}
+    assert kvs["glm4moe.block_count"] == 3 and kvs["glm4moe.leading_dense_block_count"] == 1
+    assert kvs["glm4moe.attention.head_count"].tolist() == [1, 4, 5]

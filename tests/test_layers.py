@@ -192,3 +192,25 @@ def test_mistral_native_layout_alone(tmp_path):
     assert sorted(written) == ["layers.0.attention.wq.weight", "layers.1.attention.wq.weight", "tok_embeddings.weight"]
     assert np.array_equal(written["layers.1.attention.wq.weight"], weights["layers.2.attention.wq.weight"])
     assert json.loads((tmp_path / "out" / "params.json").read_text())["n_layers"] == 2
+
+
+def test_the_mtp_layer_moves_with_the_decoder_layers(tmp_path):
+    """DeepSeek-V3 / GLM-4.5 store the multi-token-prediction layer at index num_hidden_layers: after a drop it
+    is stored at the new count, and first_k_dense_replace counts the kept dense layers."""
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    weights = {f"model.layers.{i}.mlp.w.weight": rng.standard_normal((2, 2)).astype(np.float32) for i in range(5)}
+    weights["model.layers.4.shared_head.norm.weight"] = rng.standard_normal(2).astype(np.float32)
+    save_file(weights, src / "model.safetensors")
+    (src / "config.json").write_text(json.dumps({"model_type": "deepseek_v3", "num_hidden_layers": 4,
+                                                 "num_nextn_predict_layers": 1, "first_k_dense_replace": 2}))
+    run_cli(["drop-layers", src, "--drop", "1,2", "-o", tmp_path / "out", "-q"])
+    written = load_file(tmp_path / "out" / "model.safetensors")
+    assert sorted(written) == ["model.layers.0.mlp.w.weight", "model.layers.1.mlp.w.weight",
+                               "model.layers.2.mlp.w.weight", "model.layers.2.shared_head.norm.weight"]
+    assert np.array_equal(written["model.layers.2.mlp.w.weight"], weights["model.layers.4.mlp.w.weight"])
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and config["first_k_dense_replace"] == 1

@@ -251,3 +251,22 @@ def test_fewer_experts_than_routed_per_token_is_refused(tmp_path):
     importance(tmp_path / "imp.json")
     result = run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-experts", "1"], 2)
     assert result.stderr.startswith("Error: --num-experts 1: below num_experts_per_tok (2)")
+
+
+def test_a_packed_dtype_is_refused(tmp_path):
+    from surgery.safetensors_io import ShardWriter, TensorSpec, write_all
+
+    src = tmp_path / "src"
+    src.mkdir()
+    writer = ShardWriter(src / "model.safetensors", {"format": "pt"})
+    writer.add(TensorSpec("model.layers.0.mlp.gate_proj.weight", "F4", (4, 4)))
+    writer.add(TensorSpec("model.layers.0.mlp.down_proj.weight", "F4", (4, 4)))
+    for spec in writer.write_header():
+        writer.write_tensor(spec.name, lambda fd: write_all(fd, bytes(8)))
+    writer.close()
+    (src / "config.json").write_text(json.dumps({"num_hidden_layers": 1, "hidden_size": 4, "intermediate_size": 4,
+                                                "num_attention_heads": 1}))
+    (tmp_path / "imp.json").write_text(json.dumps({"format": "surgery-importance/1", "mlp": [[1, 2, 3, 4]]}))
+    result = run_cli(["prune", src, "--importance", tmp_path / "imp.json", "--intermediate-size", "2", "-o",
+                      tmp_path / "out"], 1)
+    assert "has F4, a packed dtype: a slice would cut inside a byte" in result.stderr
