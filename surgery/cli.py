@@ -9,8 +9,6 @@ import functools
 import json
 import logging
 import sys
-import threading
-import time
 from pathlib import Path
 
 import click
@@ -19,6 +17,7 @@ from surgery import __version__, api
 from surgery.comparison import findings_json
 from surgery.errors import SurgeryError, VerifyError
 from surgery.inspection import render
+from surgery.progress import CorpusMeter, progress_bar
 
 LOG = logging.getLogger("surgery")
 
@@ -304,7 +303,7 @@ def importance(ckpt: Path, corpora: tuple[str, ...], max_docs: int | None, field
         surgery importance ckpt/ --corpus calib.jsonl --max-docs 1024 -o imp.json
         surgery prune ckpt/ --importance imp.json --intermediate-size 9216 -o ckpt-w/
     """
-    meter = _CorpusMeter(not quiet and sys.stderr.isatty())
+    meter = CorpusMeter(not quiet and sys.stderr.isatty())
     scores = api.importance(ckpt, corpora, output, max_docs=max_docs, field=field, whole_files=whole_files,
                             batch_size=batch_size, max_length=max_length, device=device, progress=meter)
     meter.done()
@@ -320,7 +319,7 @@ def _run_job(job: api.Job, dry_run: bool, as_json: bool, quiet: bool) -> None:
     if not quiet:
         click.echo(job.describe(), err=True)
     total = job.output_nbytes
-    with _progress_bar(total, quiet) as progress:
+    with progress_bar(total, quiet) as progress:
         result = job.run(progress)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -377,7 +376,7 @@ def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_f
         surgery trim ckpt/ --keep ids.txt -o ckpt-fr/
         surgery keep model-Q4_K_M.gguf --tokenizer hf-model/ --corpus fr.txt --size 32000 -o ids.txt
     """
-    meter = _CorpusMeter(not quiet and sys.stderr.isatty())
+    meter = CorpusMeter(not quiet and sys.stderr.isatty())
     request = api.keep(
         ckpt, corpora, field=field, whole_files=whole_files, max_docs=max_docs, max_bytes=max_bytes, size=size,
         coverage=coverage, min_count=min_count, top_k=top_k, keep_ids=keep_ids, keep_tokens=keep_tokens,
@@ -389,60 +388,6 @@ def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_f
         click.echo(json.dumps(request.figures, indent=2))
     if stats or not quiet:
         click.echo(request.describe(verbose=stats), err=True)
-
-
-class _progress_bar:
-    """Bytes written and rate on stderr, only when stderr is a terminal and not --quiet."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.done, self.last = total, 0, 0.0
-        self.enabled = not quiet and sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.lock = threading.Lock()  # shards are written by two threads
-
-    def __enter__(self):
-        return self.update
-
-    def update(self, nbytes: int) -> None:
-        with self.lock:
-            self.done += nbytes
-            self._draw()
-
-    def _draw(self) -> None:
-        now = time.monotonic()
-        if self.enabled and (now - self.last > 0.2 or self.done >= self.total):
-            self.last = now
-            rate = self.done / max(now - self.started, 1e-9) / 2**20
-            share = 100 * self.done / self.total if self.total else 100
-            sys.stderr.write(f"\r{self.done / 2**30:6.2f} / {self.total / 2**30:.2f} GiB  {share:5.1f}%  {rate:7.1f} MiB/s")
-            sys.stderr.flush()
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
-class _CorpusMeter:
-    """Documents and MB/s on stderr when stderr is a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.docs = self.nbytes = 0
-        self.started = self.last = time.monotonic()
-
-    def __call__(self, docs: int, nbytes: int) -> None:
-        self.docs += docs
-        self.nbytes += nbytes
-        now = time.monotonic()
-        if self.enabled and now - self.last > 0.2:
-            self.last = now
-            rate = self.nbytes / max(now - self.started, 1e-9) / 2**20
-            sys.stderr.write(f"\r{self.docs:,} documents, {self.nbytes / 2**20:,.1f} MiB, {rate:.1f} MiB/s")
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled and self.docs:
-            sys.stderr.write("\n")
 
 
 def main() -> None:

@@ -10,10 +10,14 @@ import logging
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+from surgery.errors import InputError
 
 LOG = logging.getLogger("surgery")
 PARTIAL = ".partial-"
+Progress = Callable[[int], None]  # called with the number of bytes just written
 
 
 def partial_path(target: Path) -> Path:
@@ -40,3 +44,36 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_folder_output(src: Path, out: Path, force: bool) -> None:
+    src_resolved, dst = src.resolve(), out.resolve()
+    if dst == src_resolved or src_resolved in dst.parents:
+        raise InputError(f"{out}: output must not be CKPT or inside it (CKPT is never written to)")
+    if dst in src_resolved.parents:
+        raise InputError(f"{out}: output must not contain CKPT")
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists", hint="pass --force to replace it")
+
+
+def write_folder(plan, check: Callable[[Path], object], out: Path, link_unchanged: bool, progress: Progress) -> None:
+    """Write into a sibling partial folder, check it (`check(tmp)` raises on a failure), then move it to OUT;
+    on any failure the partial folder is removed and the error raised."""
+    from surgery.execute import apply_plan
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
+    tmp = partial_path(out)
+    try:
+        apply_plan(plan, tmp, link_unchanged=link_unchanged, progress=progress)
+        check(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():  # --force: the old OUT is moved aside first, then removed
+        aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(4)}"
+        out.rename(aside)
+        tmp.rename(out)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        tmp.rename(out)

@@ -356,16 +356,16 @@ def test_killed_run_is_never_mistaken_for_output(big, tmp_path):
 
 
 def test_progress_bar_shows_bytes_and_rate(capsys):
-    from surgery.cli import _progress_bar
+    from surgery.progress import progress_bar
 
-    bar = _progress_bar(3 * 2**30, quiet=False)
+    bar = progress_bar(3 * 2**30, quiet=False)
     bar.enabled = True  # as on a terminal
     with bar as update:
         update(2**30)
         update(2 * 2**30)
     err = capsys.readouterr().err
     assert "3.00 / 3.00 GiB  100.0%" in err and "MiB/s" in err and err.endswith("\n")
-    assert _progress_bar(10, quiet=True).enabled is False
+    assert progress_bar(10, quiet=True).enabled is False
 
 
 def test_option_ranges_are_usage_errors(runner, copy_fixture, tmp_path):

@@ -51,7 +51,16 @@ def test_default_output_names():
 def test_drop_layers_slices_per_block_arrays_and_moves_mtp_blocks(tmp_path):
     import numpy as np
 
-    from surgery.gguf_io import ARRAY, INT32, STRING, UINT32, KeyValue, data_offsets, encode_header, read_gguf
+    from surgery.gguf_io import (
+        ARRAY,
+        INT32,
+        STRING,
+        UINT32,
+        KeyValue,
+        data_offsets,
+        encode_header,
+        read_gguf,
+    )
     from surgery.gguf_layers import plan_gguf_drop_layers
 
     tensors = [("token_embd.weight", (4, 8))] + [(f"blk.{i}.ffn_up.weight", (4, 4)) for i in range(5)]
