@@ -53,6 +53,7 @@ class TokenizerFiles:
     side: dict = field(default_factory=dict)  # file name -> parsed content of the small side files
     tekken: TekkenJson | None = None
     sp_copies: tuple[SpModel, ...] = ()  # further SentencePiece files with the same pieces (tokenizer.model.v3)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)  # id maps, computed once (read-only)
 
     @classmethod
     def load(cls, root: Path) -> TokenizerFiles:
@@ -99,6 +100,12 @@ class TokenizerFiles:
     # ---- ids ----------------------------------------------------------------------------------------
 
     def token_to_id(self) -> dict[str, int]:
+        """token -> old id (computed once; do not modify the dict returned)."""
+        if "token_to_id" not in self.memo:
+            self.memo["token_to_id"] = self._token_to_id()
+        return self.memo["token_to_id"]
+
+    def _token_to_id(self) -> dict[str, int]:
         if self.hf is not None:
             return self.hf.token_to_id()
         if self.tekken is not None:
@@ -116,10 +123,15 @@ class TokenizerFiles:
         return mapping
 
     def size(self) -> int:
-        return max(self.token_to_id().values()) + 1
+        if "size" not in self.memo:
+            self.memo["size"] = max(self.token_to_id().values()) + 1
+        return self.memo["size"]
 
     def id_to_token(self) -> dict[int, str]:
-        return {old_id: token for token, old_id in self.token_to_id().items()}
+        """old id -> token (computed once; do not modify the dict returned)."""
+        if "id_to_token" not in self.memo:
+            self.memo["id_to_token"] = {old_id: token for token, old_id in self.token_to_id().items()}
+        return self.memo["id_to_token"]
 
     def kind(self) -> str:
         if self.hf is not None:
