@@ -94,6 +94,8 @@ def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, 
     """
     src = Path(src)
     if is_gguf(src):
+        if link_unchanged:
+            raise InputError("--link-unchanged: a GGUF file is written anew as a whole; there is no unchanged shard")
         return _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved,
                                   force, check_output)
     from surgery.checkpoint import Checkpoint
@@ -365,7 +367,7 @@ def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, voc
     if is_gguf(src):
         from surgery.gguf_reports import compare_gguf
 
-        return VerifyResult(compare_gguf(src, out))
+        return VerifyResult(compare_gguf(src, out, tuple(vocab_tensors), tuple(not_vocab_tensors)))
     from surgery.comparison import compare_checkpoints
     from surgery.corpus import CorpusSpec
 

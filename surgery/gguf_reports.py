@@ -46,7 +46,8 @@ def inspect_gguf(parts: list[GgufFile], vocab_tensors: tuple[str, ...] = (), not
     }
 
 
-def compare_gguf(src: Path, out: Path) -> list[Finding]:
+def compare_gguf(src: Path, out: Path, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()
+                 ) -> list[Finding]:
     """`surgery verify SRC.gguf OUT.gguf`: every kept row byte for byte, other tensors identical, every id key
     naming the same token, the token list in source order, merges exactly the source merges among kept tokens."""
     old_parts, new_parts = open_gguf(src), open_gguf(out)
@@ -57,7 +58,7 @@ def compare_gguf(src: Path, out: Path) -> list[Finding]:
     old_ids = np.array(record["old_ids"], np.int64)
     row_source = np.concatenate([old_ids, np.full(record["padding_rows"], record["padding_row_source_id"] or 0)])
     old_vocab, new_vocab = GgufVocab.of(old_parts[0]), GgufVocab.of(new_parts[0])
-    roles = find_gguf_vocab_tensors(old_parts, old_vocab.size())
+    roles = find_gguf_vocab_tensors(old_parts, old_vocab.size(), vocab_tensors, not_vocab_tensors)
     findings = [_check_tensors(old_parts, new_parts, roles, row_source)]
     old_tokens, new_tokens = old_vocab.id_to_token(), new_vocab.id_to_token()
     problems = changed_token_ids(old_vocab.config(), new_vocab.config(), old_tokens, new_tokens, old_vocab.size(),
