@@ -22,7 +22,6 @@ from surgery.safetensors_io import (
     TensorEntry,
     TensorSpec,
     pread_rows,
-    read_header,
     write_all,
 )
 
@@ -124,7 +123,7 @@ def _copy_unchanged(src: Path, dst: Path, link: bool, progress: Progress) -> Non
 
 
 def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progress: Progress) -> None:
-    entries = {e.name: e for e in read_header(src).entries}
+    """Every action carries its source entry (the plan read the header once); no header is read again."""
     actions = {a.name: a for a in shard.actions}
     writer = ShardWriter(dst, shard.metadata)
     for action in shard.actions:
@@ -133,7 +132,7 @@ def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progres
         fd_in = source.fileno()
         for spec in writer.write_header():
             action = actions[spec.name]
-            entry = entries[action.source_name]
+            entry = action.entry
             if action.action == "take":
                 writer.write_tensor(spec.name, lambda fd_out, e=entry, a=action: take_rows_cols(fd_in, fd_out, e, a.rows,
                                                                                                a.cols))

@@ -170,7 +170,7 @@ def plan_drop_layers(ckpt: Checkpoint, kept: list[int]) -> LayerPlan:
             match = DECODER_LAYER.match(entry.name)
             if match is None:
                 actions.append(TensorAction(entry.name, shard.path.name, "copy", entry.dtype, entry.shape, entry.shape,
-                                            None, None))
+                                            None, None, entry=entry))
                 continue
             index = int(match["index"])
             seen.add(index)
@@ -184,7 +184,7 @@ def plan_drop_layers(ckpt: Checkpoint, kept: list[int]) -> LayerPlan:
             name = f"{match['prefix']}{target}.{match['rest']}"
             rewritten |= name != entry.name
             actions.append(TensorAction(name, shard.path.name, "copy", entry.dtype, entry.shape, entry.shape, None,
-                                        None, entry.name if name != entry.name else None))
+                                        None, entry.name if name != entry.name else None, entry=entry))
         if actions:
             shards.append(ShardPlan(shard.path.name, shard.metadata, tuple(actions), rewritten))
         else:
@@ -219,7 +219,6 @@ def check_layers_output(plan: LayerPlan, out: Path) -> None:
 
     from surgery.output_checks import edge_bytes
 
-    source = {e.name: e for shard in plan.shards for e in read_header(plan.src / shard.name).entries}
     for shard in plan.shards:
         try:
             written = {e.name: e for e in read_header(out / shard.name).entries}
@@ -230,7 +229,7 @@ def check_layers_output(plan: LayerPlan, out: Path) -> None:
                 raise VerifyError(f"output {shard.name}: safetensors lists other tensors than our reader")
         for action in shard.actions:
             entry = written.get(action.name)
-            src = source[action.source_name]
+            src = action.entry
             if entry is None or entry.shape != src.shape or entry.dtype != src.dtype or edge_bytes(entry) != edge_bytes(src):
                 raise VerifyError(f"output {shard.name}: tensor '{action.name}' differs from its source "
                                   f"'{action.source_name}'")

@@ -60,7 +60,6 @@ def _check_shards(plan: TrimPlan, out: Path) -> str:
         with safetensors.safe_open(out / shard.name, framework="numpy") as reopened:
             if set(reopened.keys()) != set(written):
                 raise VerifyError(f"output {shard.name}: safetensors lists other tensors than our reader")
-        src = {e.name: e for e in read_header(plan.src / shard.name).entries}
         for action in shard.actions:
             entry = written.get(action.name)
             if entry is None or entry.shape != action.new_shape or entry.dtype != action.dtype:
@@ -70,11 +69,11 @@ def _check_shards(plan: TrimPlan, out: Path) -> str:
                 if not len(rows):
                     continue
                 sample = np.unique(np.concatenate([[0, len(rows) - 1], rng.integers(0, len(rows), SAMPLE_ROWS)]))
-                old = _sampled_rows(src[action.name], action.axis, rows[sample])
+                old = _sampled_rows(action.entry, action.axis, rows[sample])
                 if old != _sampled_rows(entry, action.axis, sample):
                     raise VerifyError(f"output {shard.name}: rows of '{action.name}' differ from their source rows")
                 sampled += len(sample)
-            elif edge_bytes(src[action.name]) != edge_bytes(entry):
+            elif edge_bytes(action.entry) != edge_bytes(entry):
                 raise VerifyError(f"output {shard.name}: copied tensor '{action.name}' differs from its source")
     return f"shards reopened by safetensors; {sampled} sampled vocab rows equal their source rows"
 

@@ -24,7 +24,7 @@ from surgery.config import (
 )
 from surgery.errors import CheckpointError, InputError
 from surgery.keep_list import KeepList, build_old_to_new
-from surgery.safetensors_io import DTYPE_BITS, expected_nbytes
+from surgery.safetensors_io import DTYPE_BITS, TensorEntry, expected_nbytes
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.vocab_tensors import PREFIX_TABLE_SIZE_KEYS, VocabTensors
 
@@ -47,6 +47,7 @@ class TensorAction:
     source: str | None = None  # the source tensor's name when it is renamed (drop-layers)
     rows: np.ndarray | None = field(default=None, compare=False)  # "take": kept rows (axis 0), None for all
     cols: np.ndarray | None = field(default=None, compare=False)  # "take": kept columns (axis 1), None for all
+    entry: TensorEntry | None = field(default=None, compare=False, repr=False)  # the source tensor: bytes and place
 
     @property
     def source_name(self) -> str:
@@ -339,7 +340,8 @@ def _shard_plan(shard, vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int 
     for entry in shard.entries:
         found = by_name.get(entry.name)
         if found is None:
-            actions.append(TensorAction(entry.name, shard.path.name, "copy", entry.dtype, entry.shape, entry.shape, None, None))
+            actions.append(TensorAction(entry.name, shard.path.name, "copy", entry.dtype, entry.shape, entry.shape, None, None,
+                                        entry=entry))
             continue
         if DTYPE_BITS[entry.dtype] * int(np.prod(entry.shape[found.axis + 1:])) % 8:
             raise CheckpointError(
@@ -348,7 +350,7 @@ def _shard_plan(shard, vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int 
         rows = int(np.count_nonzero(kept_ids < found.n_rows)) if found.prefix else new_rows
         new_shape = entry.shape[: found.axis] + (rows,) + entry.shape[found.axis + 1 :]
         actions.append(TensorAction(entry.name, shard.path.name, "gather", entry.dtype, entry.shape, new_shape,
-                                    found.axis, found.role.value))
+                                    found.axis, found.role.value, entry=entry))
     return ShardPlan(shard.path.name, shard.metadata, tuple(actions))
 
 

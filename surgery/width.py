@@ -300,7 +300,7 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
             rewritten |= source is not None
             if rows is None and cols is None:
                 actions.append(TensorAction(new_name, shard.path.name, "copy", entry.dtype, entry.shape, entry.shape,
-                                            None, None, source))
+                                            None, None, source, entry=entry))
                 continue
             if DTYPE_BITS[entry.dtype] % 8:
                 raise CheckpointError(f"{shard.path.name}: '{entry.name}' has {entry.dtype}, a packed dtype: a slice "
@@ -314,7 +314,7 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
                                           "can only be cut from a matrix")
                 new_shape[1] = len(cols)
             actions.append(TensorAction(new_name, shard.path.name, "take", entry.dtype, entry.shape, tuple(new_shape),
-                                        None, None, source, rows, cols))
+                                        None, None, source, rows, cols, entry=entry))
         shards.append(ShardPlan(shard.path.name, shard.metadata, tuple(actions), True))
     new_config = copy.deepcopy(config)
     node = new_config
@@ -346,7 +346,6 @@ def check_prune_output(plan: PrunePlan, out: Path) -> None:
     from surgery.output_checks import edge_bytes
     from surgery.safetensors_io import read_header
 
-    source = {e.name: e for shard in plan.shards for e in read_header(plan.src / shard.name).entries}
     for shard in plan.shards:
         try:
             written = {e.name: e for e in read_header(out / shard.name).entries}
@@ -356,7 +355,7 @@ def check_prune_output(plan: PrunePlan, out: Path) -> None:
             if set(reopened.keys()) != set(written):
                 raise VerifyError(f"output {shard.name}: safetensors lists other tensors than our reader")
         for action in shard.actions:
-            got, src = written.get(action.name), source[action.source_name]
+            got, src = written.get(action.name), action.entry
             if got is None or got.shape != action.new_shape or got.dtype != src.dtype:
                 raise VerifyError(f"output {shard.name}: tensor '{action.name}' is missing or has the wrong shape")
             if action.action == "copy":
