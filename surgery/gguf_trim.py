@@ -35,7 +35,7 @@ from surgery.gguf_io import (
 )
 from surgery.gguf_vocab import GgufVocab, pad_token_names
 from surgery.keep_list import KeepList
-from surgery.plan import complete_kept_set
+from surgery.plan import complete_kept_set, trim_record
 from surgery.safetensors_io import write_all
 from surgery.vocab_tensors import Role
 
@@ -183,19 +183,12 @@ class GgufTrimPlan(GgufEdit):
     def addition_counts(self) -> dict[str, int]:
         return {rule: len(ids) for rule, ids in self.additions}
 
+    @property
+    def n_tokens(self) -> int:
+        return self.vocab.size()
+
     def record(self) -> dict:
-        return {
-            "source": str(self.src),
-            "old_vocab_rows": self.n_rows,
-            "old_tokenizer_size": self.n_rows,
-            "new_vocab_rows": self.new_rows,
-            "kept": len(self.kept_ids),
-            "padding_rows": self.new_rows - len(self.kept_ids),
-            "padding_row_source_id": self.pad_source,
-            "added_by_rule": self.addition_counts(),
-            "added_ids_by_rule": {rule: list(ids) for rule, ids in self.additions if ids},
-            "old_ids": [int(i) for i in self.kept_ids],
-        }
+        return trim_record(self)
 
     def check_output(self, targets: list[Path]) -> None:
         check_gguf_output(self, targets)

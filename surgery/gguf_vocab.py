@@ -17,7 +17,7 @@ import numpy as np
 
 from surgery.errors import CheckpointError, InputError
 from surgery.gguf_io import ARRAY, STRING, GgufFile, KeyValue
-from surgery.tokenizer_files import RESERVED_PATTERNS
+from surgery.tokenizer_files import RESERVED_PATTERNS, RuleAdditions
 from surgery.tokenizer_files.bpe import (
     BYTE_FALLBACK_PIECES,
     BYTE_LEVEL_ALPHABET,
@@ -102,14 +102,8 @@ class GgufVocab:
                 if old_id not in named and token not in self.template and any(p.fullmatch(token) for p in RESERVED_PATTERNS)}
 
     def required_by_rule(self, kept: set[int], *, drop_reserved: bool = False) -> list[tuple[str, set[int]]]:
-        kept = set(kept)
-        rules: list[tuple[str, set[int]]] = []
-
-        def add(rule: str, ids: set[int]) -> None:
-            new = set(ids) - kept
-            kept.update(new)
-            rules.append((rule, new))
-
+        rules = RuleAdditions(kept)
+        add = rules.add
         specials = set(np.flatnonzero(np.isin(self.types, (UNKNOWN, CONTROL, USER_DEFINED))).tolist())
         if drop_reserved:
             specials -= self.reserved_ids()
@@ -120,8 +114,8 @@ class GgufVocab:
         add("byte fallback", byte_tokens | ({lookup[p] for p in BYTE_FALLBACK_PIECES if p in lookup}
                                             if self.model == "llama" else set()))
         add("whitespace piece", {lookup[METASPACE]} if self.model == "llama" and METASPACE in lookup else set())
-        add("merge closure", self.closure_builder()(kept))
-        return rules
+        add("merge closure", self.closure_builder()(rules.kept))
+        return rules.rules
 
     def closure_builder(self) -> Callable[[set[int]], set[int]]:
         lookup = self.token_to_id()

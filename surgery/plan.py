@@ -128,21 +128,7 @@ class TrimPlan:
 
     def record(self) -> dict:
         """The content of surgery_trim.json."""
-        return {
-            "source": str(self.src),
-            "old_vocab_rows": self.n_rows,
-            "old_tokenizer_size": self.n_tokens,
-            "new_vocab_rows": self.new_rows,
-            "kept": len(self.kept_ids),
-            "padding_rows": self.new_rows - len(self.kept_ids),
-            "padding_row_source_id": self.pad_source,
-            "added_by_rule": self.addition_counts(),
-            "added_ids_by_rule": {rule: list(ids) for rule, ids in self.additions if ids},
-            "old_ids": [int(i) for i in self.kept_ids],
-            **({"tokens_without_rows": {"old_ids": [int(i) for i in self.rowless_ids],
-                                        "new_ids": list(range(len(self.kept_ids), len(self.token_old_ids)))}}
-               if len(self.rowless_ids) else {}),
-        }
+        return trim_record(self)
 
     def to_json(self) -> dict:
         """The document `trim --dry-run --json` prints."""
@@ -192,6 +178,26 @@ class TrimPlan:
             lines.append(f"not carried over (other weight formats): {', '.join(self.skipped)}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def trim_record(plan) -> dict:
+    """The trim record of a folder or GGUF trim: the old id of every new id, and why each was kept."""
+    rowless = getattr(plan, "rowless_ids", ())
+    return {
+        "source": str(plan.src),
+        "old_vocab_rows": plan.n_rows,
+        "old_tokenizer_size": plan.n_tokens,
+        "new_vocab_rows": plan.new_rows,
+        "kept": len(plan.kept_ids),
+        "padding_rows": plan.new_rows - len(plan.kept_ids),
+        "padding_row_source_id": plan.pad_source,
+        "added_by_rule": {rule: len(ids) for rule, ids in plan.additions},
+        "added_ids_by_rule": {rule: list(ids) for rule, ids in plan.additions if ids},
+        "old_ids": [int(i) for i in plan.kept_ids],
+        **({"tokens_without_rows": {"old_ids": [int(i) for i in rowless],
+                                    "new_ids": list(range(len(plan.kept_ids), len(plan.kept_ids) + len(rowless)))}}
+           if len(rowless) else {}),
+    }
 
 
 def plan_trim(

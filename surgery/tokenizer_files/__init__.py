@@ -210,14 +210,8 @@ class TokenizerFiles:
         """Ids the tokenizer needs beside `kept`, rule by rule, each set disjoint from what came before.
 
         With drop_reserved, unnamed reserved placeholders are not kept as special tokens."""
-        kept = set(kept)
-        rules: list[tuple[str, set[int]]] = []
-
-        def add(rule: str, ids: set[int]) -> None:
-            new = set(ids) - kept
-            kept.update(new)
-            rules.append((rule, new))
-
+        rules = RuleAdditions(kept)
+        add = rules.add
         piece_ids = self.piece_to_model_id()
         specials = self.named_special_ids()
         if self.hf is not None:
@@ -240,8 +234,8 @@ class TokenizerFiles:
             whitespace |= {piece_ids[index] for index in self.sp.whitespace_pieces()}
         add("whitespace piece", whitespace)
         add("unigram characters and lowest piece" if self.model_type() == "Unigram" else "merge closure",
-            self.closure_builder()(kept))
-        return rules
+            self.closure_builder()(rules.kept))
+        return rules.rules
 
     def closure_builder(self):
         """ids -> the ids the tokenizer's merges or Unigram pieces need for them; a union over members."""
@@ -306,6 +300,19 @@ class TokenizerFiles:
             if MERGES_TXT in self.side:
                 out[MERGES_TXT] = _rewrite_merges_txt(self.side[MERGES_TXT], vocab)
         return out, notes
+
+
+class RuleAdditions:
+    """The ids each kept-set rule adds, in rule order, each set disjoint from what came before."""
+
+    def __init__(self, kept: set[int]) -> None:
+        self.kept = set(kept)
+        self.rules: list[tuple[str, set[int]]] = []
+
+    def add(self, rule: str, ids: set[int]) -> None:
+        new = set(ids) - self.kept
+        self.kept.update(new)
+        self.rules.append((rule, new))
 
 
 def _check_tekken_matches(tekken: TekkenJson, hf: HfTokenizerJson) -> None:
