@@ -11,8 +11,9 @@ import numpy as np
 
 from surgery.comparison import MAX_EXAMPLES, Finding, first_bad_row, same_bytes
 from surgery.config import changed_token_ids
+from surgery.dtypes import GGML_TYPES
 from surgery.errors import VerifyError
-from surgery.gguf_io import GGML_TYPES, GgufFile
+from surgery.gguf_io import GgufFile
 from surgery.gguf_trim import RECORD_KEY, find_gguf_vocab_tensors, open_gguf
 from surgery.gguf_vocab import MERGES, GgufVocab
 

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from surgery.dtypes import columns_cuttable
 from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.gguf_io import (
     ARRAY,
@@ -30,7 +31,6 @@ from surgery.width import Cut, decide_cut
 
 RECORD_KEY = "surgery.prune_record"
 BLOCK = re.compile(r"^blk\.(?P<index>\d+)\.(?P<rest>.+)$")
-UNQUANTIZED = {"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"}
 NORMS = ("attn_norm.weight", "ffn_norm.weight", "post_attention_norm.weight", "post_ffw_norm.weight",
          "attn_post_norm.weight", "ffn_post_norm.weight")
 INPUT_PROJECTIONS = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qkv.weight", "ffn_gate.weight",
@@ -157,7 +157,7 @@ def plan_gguf_prune(parts: list[GgufFile], importance: dict, importance_name: st
             if rows is not None:
                 new_ne[-1] = len(rows)
             if cols is not None:
-                if tensor.dtype not in UNQUANTIZED or len(tensor.ne) != 2:
+                if not columns_cuttable(tensor.ggml_type) or len(tensor.ne) != 2:
                     raise InputError(f"{tensor.path.name}: cutting columns of '{tensor.name}' ({tensor.dtype}) would "
                                      "cut inside its quantized blocks; prune the unquantized model, then quantize")
                 new_ne[0] = len(cols)

@@ -7,8 +7,8 @@ from collections import defaultdict
 
 from surgery.checkpoint import Checkpoint
 from surgery.config import get_dotted, named_token_ids, vocab_size_keys
+from surgery.dtypes import DTYPE_BITS
 from surgery.errors import CheckpointError
-from surgery.safetensors_io import DTYPE_BITS
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.vocab_tensors import VocabTensors
 

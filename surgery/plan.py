@@ -22,9 +22,10 @@ from surgery.config import (
     patch_config,
     vocab_size_keys,
 )
+from surgery.dtypes import whole_bytes
 from surgery.errors import CheckpointError, InputError
 from surgery.keep_list import KeepList, build_old_to_new
-from surgery.safetensors_io import DTYPE_BITS, TensorEntry, expected_nbytes
+from surgery.safetensors_io import TensorEntry, expected_nbytes
 from surgery.tokenizer_files import TokenizerFiles
 from surgery.vocab_tensors import PREFIX_TABLE_SIZE_KEYS, VocabTensors
 
@@ -349,7 +350,7 @@ def _shard_plan(shard, vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int 
             actions.append(TensorAction(entry.name, shard.path.name, "copy", entry.dtype, entry.shape, entry.shape, None, None,
                                         entry=entry))
             continue
-        if DTYPE_BITS[entry.dtype] * int(np.prod(entry.shape[found.axis + 1:])) % 8:
+        if whole_bytes(entry.dtype, int(np.prod(entry.shape[found.axis + 1:]))) is None:
             raise CheckpointError(
                 f"{shard.path.name}: tensor '{entry.name}' has {entry.dtype}, a packed dtype, rows are not byte-addressable"
             )

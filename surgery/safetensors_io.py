@@ -15,32 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.dtypes import DTYPE_BITS, whole_bytes
 from surgery.errors import CheckpointError
 
-# Bits per element, in the order of safetensors' `Dtype` enum (safetensors/src/tensor.rs). The writer sorts
-# tensors by this order, descending, then by name, exactly as `safetensors.serialize` does.
-DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-    "U8": 8,
-    "I8": 8,
-    "F8_E5M2": 8,
-    "F8_E4M3": 8,
-    "F8_E8M0": 8,
-    "I16": 16,
-    "U16": 16,
-    "F16": 16,
-    "BF16": 16,
-    "I32": 32,
-    "U32": 32,
-    "F32": 32,
-    "C64": 64,
-    "F64": 64,
-    "I64": 64,
-    "U64": 64,
-}
 DTYPE_RANK = {dtype: rank for rank, dtype in enumerate(DTYPE_BITS)}
 MAX_HEADER_NBYTES = 100 * 1024 * 1024  # the safetensors library refuses larger headers too
 READ_BLOCK_NBYTES = 16 * 2**20  # tensor bytes are read in blocks this size: peak memory is a block, not a tensor
@@ -64,13 +41,13 @@ class TensorEntry:
 
     def row_nbytes(self, axis: int = 0) -> int:
         """Bytes of one slice along `axis` for the trailing axes; requires byte-addressable rows."""
-        bits = DTYPE_BITS[self.dtype] * math.prod(self.shape[axis + 1 :])
-        if bits % 8:
+        nbytes = whole_bytes(self.dtype, math.prod(self.shape[axis + 1 :]))
+        if nbytes is None:
             raise CheckpointError(
                 f"{self.path.name}: tensor '{self.name}' has {self.dtype}, a packed dtype, "
                 "rows are not byte-addressable"
             )
-        return bits // 8
+        return nbytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +66,7 @@ class ShardHeader:
 
 def expected_nbytes(dtype: str, shape: tuple[int, ...]) -> int | None:
     """numel * bits / 8, or None when the element count does not fill whole bytes."""
-    bits = DTYPE_BITS[dtype] * math.prod(shape)
-    return bits // 8 if bits % 8 == 0 else None
+    return whole_bytes(dtype, math.prod(shape))
 
 
 def read_header(path: Path) -> ShardHeader:

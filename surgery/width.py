@@ -18,11 +18,11 @@ import numpy as np
 
 from surgery.checkpoint import CONFIG, Checkpoint, ShardIndex, dump_json
 from surgery.config import ConfigPatch
+from surgery.dtypes import columns_cuttable
 from surgery.errors import CheckpointError, InputError
 from surgery.layer_config import text_config_path
 from surgery.layers import DECODER_LAYER, IMPORTANCE_FORMAT
 from surgery.plan import ShardPlan, TensorAction, other_files
-from surgery.safetensors_io import DTYPE_BITS
 
 PRUNE_RECORD = "surgery_prune.json"
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")  # qwen-moe, transformers 5, deepseek
@@ -302,7 +302,7 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
                 actions.append(TensorAction(new_name, shard.path.name, "copy", entry.dtype, entry.shape, entry.shape,
                                             None, None, source, entry=entry))
                 continue
-            if DTYPE_BITS[entry.dtype] % 8:
+            if not columns_cuttable(entry.dtype):
                 raise CheckpointError(f"{shard.path.name}: '{entry.name}' has {entry.dtype}, a packed dtype: a slice "
                                       "would cut inside a byte")
             new_shape = list(entry.shape)
