@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from surgery.safetensors_io import ShardWriter, TensorSpec, write_all  # noqa: E402
-from surgery.tokenizer_files.bpe import BYTE_LEVEL_ALPHABET  # noqa: E402
+from surgery.formats.safetensors import ShardWriter, TensorSpec, write_all  # noqa: E402
+from surgery.tokenizer.bpe import BYTE_LEVEL_ALPHABET  # noqa: E402
 
 CHUNK = 64 * 2**20
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from synthetic import SHAPES, Shape, _random_bytes, synthetic_bpe  # noqa: E402
 
-from surgery.gguf_io import (  # noqa: E402
+from surgery.formats.gguf import (  # noqa: E402
     ARRAY,
     FLOAT32,
     GGML_TYPES,
@@ -33,7 +33,7 @@ from surgery.gguf_io import (  # noqa: E402
     encode_header,
     tensor_nbytes,
 )
-from surgery.safetensors_io import write_all  # noqa: E402
+from surgery.formats.safetensors import write_all  # noqa: E402
 
 TYPE_IDS = {name: number for number, (name, _, _) in GGML_TYPES.items()}
 

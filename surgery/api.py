@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from surgery.edit.staging import check_folder_output, write_folder
 from surgery.errors import InputError
-from surgery.staging import check_folder_output, write_folder
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
 
@@ -98,11 +98,11 @@ def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, 
             raise InputError("--link-unchanged: a GGUF file is written anew as a whole; there is no unchanged shard")
         return _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved,
                                   force, check_output)
-    from surgery.checkpoint import Checkpoint
-    from surgery.output_checks import verify
-    from surgery.plan import plan_trim
-    from surgery.tokenizer_files import TokenizerFiles
-    from surgery.vocab_tensors import find_vocab_tensors
+    from surgery.edit.checks import verify
+    from surgery.formats.hf_folder import Checkpoint
+    from surgery.model.vocab_tensors import find_vocab_tensors
+    from surgery.tokenizer import TokenizerFiles
+    from surgery.verbs.vocab import plan_trim
 
     out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-trimmed"
     if check_output:
@@ -126,7 +126,7 @@ def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, 
 
 def _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved, force,
                        check_output) -> Job:
-    from surgery.gguf_trim import (
+    from surgery.verbs.vocab_gguf import (
         check_gguf_output_path,
         default_output,
         open_gguf,
@@ -164,7 +164,7 @@ def trim(src, keep, out=None, *, progress: Progress | None = None, **options) ->
 
 
 def _keep_list(keep, n_vocab: int):
-    from surgery.keep_list import KeepList
+    from surgery.verbs.keep_list import KeepList
 
     if isinstance(keep, (str, Path)):
         return KeepList.load(Path(keep), n_vocab)
@@ -183,7 +183,7 @@ def prepare_drop_layers(src, out=None, *, drop: str | None = None, keep_layers: 
                         check_output: bool = True) -> Job:
     """Plan the removal of decoder layers from a folder or a GGUF file; choose with exactly one of drop
     ("1,4-5"), keep_layers, tail, or importance (a surgery-importance/1 file) with num_layers."""
-    from surgery.layers import (
+    from surgery.verbs.layers import (
         check_layers_output,
         choose_kept_layers,
         count_layers,
@@ -194,8 +194,8 @@ def prepare_drop_layers(src, out=None, *, drop: str | None = None, keep_layers: 
     choice = dict(drop=drop, keep_layers=keep_layers, tail=tail, num_layers=num_layers,
                   importance=Path(importance) if importance is not None else None)
     if is_gguf(src):
-        from surgery.gguf_layers import gguf_block_count, plan_gguf_drop_layers
-        from surgery.gguf_trim import (
+        from surgery.verbs.layers_gguf import gguf_block_count, plan_gguf_drop_layers
+        from surgery.verbs.vocab_gguf import (
             check_gguf_output_path,
             open_gguf,
             write_gguf_verified,
@@ -213,7 +213,7 @@ def prepare_drop_layers(src, out=None, *, drop: str | None = None, keep_layers: 
             return written, {"output": [str(p) for p in written], **gguf_plan.to_json()}
 
         return Job(gguf_plan, run_gguf)
-    from surgery.checkpoint import Checkpoint
+    from surgery.formats.hf_folder import Checkpoint
 
     checkpoint = Checkpoint.open(src)
     kept = choose_kept_layers(count_layers(checkpoint), **choice)
@@ -244,20 +244,20 @@ def prepare_prune(src, importance, out=None, *, intermediate_size: int | None = 
                   check_output: bool = True) -> Job:
     """Plan Minitron width pruning of a folder from an importance file (surgery-importance/1): the N most
     important MLP neurons / query heads per layer, hidden channels, or experts per layer."""
-    from surgery.checkpoint import Checkpoint
-    from surgery.width import check_prune_output, load_importance, plan_prune
+    from surgery.formats.hf_folder import Checkpoint
+    from surgery.verbs.width import check_prune_output, load_importance, plan_prune
 
     src = Path(src)
     sizes = dict(intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
                  hidden_size=hidden_size, num_experts=num_experts, moe_intermediate_size=moe_intermediate_size,
                  shared_expert_intermediate_size=shared_expert_intermediate_size)
     if is_gguf(src):
-        from surgery.gguf_trim import (
+        from surgery.verbs.vocab_gguf import (
             check_gguf_output_path,
             open_gguf,
             write_gguf_verified,
         )
-        from surgery.gguf_width import plan_gguf_prune
+        from surgery.verbs.width_gguf import plan_gguf_prune
 
         out = Path(out) if out is not None else src.with_name(f"{src.name.removesuffix('.gguf')}-pruned.gguf")
         if check_output:
@@ -294,8 +294,8 @@ def importance(src, corpora: Iterable, output=None, **options) -> dict:
     """
     import json
 
-    from surgery.corpus import CorpusSpec
-    from surgery.importance import compute_importance
+    from surgery.mining.corpus import CorpusSpec
+    from surgery.mining.importance import compute_importance
 
     specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
     scores = compute_importance(Path(src), specs, **options)
@@ -314,8 +314,8 @@ def keep(src, corpora: Iterable, output=None, **options):
     keep_ids, keep_tokens, pad_to_multiple_of, drop_reserved, tokenizer_dir, vocab_tensors, not_vocab_tensors,
     progress. Returns a MinedKeepList (`.ids`, `.figures`, `.ids_text()`); with `output`, also writes the list.
     """
-    from surgery.corpus import CorpusSpec
-    from surgery.keep_mining import mine_keep_list
+    from surgery.mining.corpus import CorpusSpec
+    from surgery.mining.keep_mining import mine_keep_list
 
     specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
     if not specs:
@@ -333,15 +333,15 @@ def inspect(src, keep=None, *, vocab_tensors: tuple[str, ...] = (), not_vocab_te
 
     src = Path(src)
     if is_gguf(src):
-        from surgery.gguf_reports import inspect_gguf
-        from surgery.gguf_trim import open_gguf
+        from surgery.reports.gguf_reports import inspect_gguf
+        from surgery.verbs.vocab_gguf import open_gguf
 
         report = inspect_gguf(open_gguf(src), tuple(vocab_tensors), tuple(not_vocab_tensors))
     else:
-        from surgery.checkpoint import Checkpoint
-        from surgery.inspection import inspect_checkpoint
-        from surgery.tokenizer_files import TokenizerFiles
-        from surgery.vocab_tensors import find_vocab_tensors
+        from surgery.formats.hf_folder import Checkpoint
+        from surgery.model.vocab_tensors import find_vocab_tensors
+        from surgery.reports.inspection import inspect_checkpoint
+        from surgery.tokenizer import TokenizerFiles
 
         checkpoint = Checkpoint.open(src)
         vocab = find_vocab_tensors(checkpoint, tuple(vocab_tensors), tuple(not_vocab_tensors))
@@ -365,11 +365,11 @@ def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, voc
     """Prove OUT against its source, byte for byte (folder or GGUF); `.ok` says whether every check passed."""
     src, out = Path(src), Path(out)
     if is_gguf(src):
-        from surgery.gguf_reports import compare_gguf
+        from surgery.reports.gguf_reports import compare_gguf
 
         return VerifyResult(compare_gguf(src, out, tuple(vocab_tensors), tuple(not_vocab_tensors)))
-    from surgery.comparison import compare_checkpoints
-    from surgery.corpus import CorpusSpec
+    from surgery.mining.corpus import CorpusSpec
+    from surgery.reports.comparison import compare_checkpoints
 
     specs = tuple(c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora)
     return VerifyResult(compare_checkpoints(src, out, specs, max_docs, vocab_tensors=tuple(vocab_tensors),

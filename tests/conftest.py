@@ -50,12 +50,12 @@ def write_keep(path: Path, ids) -> Path:
 
 def tokenizer_checkpoint(kind: str | Path, root: Path, *, extra_rows: int = 0) -> Path:
     """A minimal checkpoint around a tokenizer (a fixture kind, or a folder): config.json and a random F32 embedding."""
-    from surgery.safetensors_io import ShardWriter, TensorSpec, write_all
+    from surgery.formats.safetensors import ShardWriter, TensorSpec, write_all
 
     root.mkdir(parents=True)
     for path in (kind if isinstance(kind, Path) else TOKENIZERS / kind).iterdir():
         shutil.copy(path, root / path.name)
-    from surgery.tokenizer_files import TokenizerFiles
+    from surgery.tokenizer import TokenizerFiles
 
     n_rows = TokenizerFiles.load(root).size() + extra_rows
     (root / "config.json").write_text(json.dumps({"vocab_size": n_rows, "model_type": "test"}))

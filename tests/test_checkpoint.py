@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from surgery.checkpoint import Checkpoint, load_json
 from surgery.errors import CheckpointError
+from surgery.formats.hf_folder import Checkpoint, load_json
 
 
 def test_single_and_sharded(copy_fixture):

@@ -234,7 +234,7 @@ def test_vocab_tensor_errors(runner, copy_fixture):
 
 def test_packed_dtype_vocab_tensor_is_refused(runner, tmp_path):
     """final_logits_bias [1, V] in F4: one vocab entry is half a byte, so its rows cannot be gathered as bytes."""
-    from surgery.safetensors_io import (
+    from surgery.formats.safetensors import (
         ShardWriter,
         TensorSpec,
         read_header,
@@ -293,7 +293,7 @@ def test_debug_shows_a_traceback(runner, copy_fixture):
 
 def big_checkpoint(root: Path, filler_nbytes: int = 300 * 2**20) -> Path:
     """llama-untied plus a large layer tensor in the same shard, so writing the output takes a moment."""
-    from surgery.safetensors_io import (
+    from surgery.formats.safetensors import (
         ShardWriter,
         TensorSpec,
         read_header,
@@ -356,7 +356,7 @@ def test_killed_run_is_never_mistaken_for_output(big, tmp_path):
 
 
 def test_progress_bar_shows_bytes_and_rate(capsys):
-    from surgery.progress import progress_bar
+    from surgery.cli.progress import progress_bar
 
     bar = progress_bar(3 * 2**30, quiet=False)
     bar.enabled = True  # as on a terminal
@@ -399,7 +399,7 @@ def test_hugging_face_cache_snapshot_of_symlinks(tmp_path, link):
 def test_full_disk_names_the_file_and_leaves_nothing(copy_fixture, tmp_path, monkeypatch):
     import errno
 
-    import surgery.execute
+    import surgery.edit.execute
 
     src = copy_fixture("llama-untied")
     before = snapshot(src)
@@ -407,7 +407,7 @@ def test_full_disk_names_the_file_and_leaves_nothing(copy_fixture, tmp_path, mon
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(surgery.execute, "write_all", full)  # the gather of the vocabulary rows
+    monkeypatch.setattr(surgery.edit.execute, "write_all", full)  # the gather of the vocabulary rows
     result = run_cli(["trim", src, "--keep", KEEP / "basic.txt", "-o", tmp_path / "out", "-q"], 1)
     assert result.stderr == ("Error: writing model.safetensors: stopped by a full disk or quota (No space left on "
                              "device); nothing was written, the output folder was not created\n")

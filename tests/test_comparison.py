@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import CORPUS, KEEP, run_cli
 
-from surgery.safetensors_io import read_header
+from surgery.formats.safetensors import read_header
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surgery.config import named_token_ids, patch_config, vocab_size_keys
 from surgery.errors import CheckpointError
-from surgery.keep_list import build_old_to_new
+from surgery.model.config_keys import named_token_ids, patch_config, vocab_size_keys
+from surgery.verbs.keep_list import build_old_to_new
 
 N = 100
 OLD_TO_NEW = build_old_to_new(np.array([0, 1, 2, 10, 50, 99]), N)  # 10 -> 3, 50 -> 4, 99 -> 5

@@ -6,8 +6,8 @@ import gzip
 
 import pytest
 
-from surgery.corpus import CorpusSpec, read_documents
 from surgery.errors import InputError
+from surgery.mining.corpus import CorpusSpec, read_documents
 
 
 def test_spec_parsing(tmp_path):

@@ -8,8 +8,8 @@ import numpy as np
 from safetensors.numpy import load_file
 from test_plan import make_plan
 
-from surgery.execute import apply_plan
-from surgery.safetensors_io import read_header, read_rows
+from surgery.edit.execute import apply_plan
+from surgery.formats.safetensors import read_header, read_rows
 
 
 def test_rows_are_gathered_in_kept_order(copy_fixture, tmp_path):

@@ -22,8 +22,8 @@ transformers = pytest.importorskip("transformers")
 llama_cpp = pytest.importorskip("llama_cpp")
 from llama_cpp_tools import convert, quantize  # noqa: E402
 
-from surgery.gguf_io import encode_header, read_gguf  # noqa: E402
-from surgery.gguf_trim import RECORD_KEY  # noqa: E402
+from surgery.formats.gguf import encode_header, read_gguf  # noqa: E402
+from surgery.verbs.vocab_gguf import RECORD_KEY  # noqa: E402
 
 MODELS = {  # name: (config class, fixture tokenizer, tied, BPE pre-tokenizer name for the converter)
     "llama-spm": ("LlamaConfig", "sp-bpe-llama", False, None),
@@ -295,7 +295,7 @@ def test_prune_refuses_to_cut_quantized_blocks(f32_ggufs, workdir, tmp_path):
 def test_gguf_metadata_kept_patched_and_dropped(f32_ggufs, workdir, tmp_path):
     """tokenizer.ggml.model, .pre, chat_template and general.* unchanged; vocab_size, suppress_tokens patched;
     an embedded tokenizer.huggingface.json (it would describe the old vocabulary) dropped with a note."""
-    from surgery.gguf_io import ARRAY, INT32, STRING, UINT32, KeyValue
+    from surgery.formats.gguf import ARRAY, INT32, STRING, UINT32, KeyValue
 
     base = source_gguf(f32_ggufs, workdir, "llama3-bpe", "F16", "F16")
 

@@ -11,7 +11,7 @@ import pytest
 from llama_cpp_tools import vendored_llama_cpp
 
 from surgery.errors import CheckpointError
-from surgery.gguf_io import (
+from surgery.formats.gguf import (
     STRING,
     UINT32,
     KeyValue,

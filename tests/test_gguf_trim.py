@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from surgery.errors import CheckpointError
-from surgery.gguf_io import GgufFile, GgufTensor
-from surgery.gguf_trim import default_output, find_gguf_vocab_tensors
-from surgery.vocab_tensors import Role
+from surgery.formats.gguf import GgufFile, GgufTensor
+from surgery.model.vocab_tensors import Role
+from surgery.verbs.vocab_gguf import default_output, find_gguf_vocab_tensors
 
 V, E = 800, 256
 
@@ -51,7 +51,7 @@ def test_default_output_names():
 def test_drop_layers_slices_per_block_arrays_and_moves_mtp_blocks(tmp_path):
     import numpy as np
 
-    from surgery.gguf_io import (
+    from surgery.formats.gguf import (
         ARRAY,
         INT32,
         STRING,
@@ -61,7 +61,7 @@ def test_drop_layers_slices_per_block_arrays_and_moves_mtp_blocks(tmp_path):
         encode_header,
         read_gguf,
     )
-    from surgery.gguf_layers import plan_gguf_drop_layers
+    from surgery.verbs.layers_gguf import plan_gguf_drop_layers
 
     tensors = [("token_embd.weight", (4, 8))] + [(f"blk.{i}.ffn_up.weight", (4, 4)) for i in range(5)]
     kvs = [KeyValue("general.architecture", STRING, "glm4moe"), KeyValue("glm4moe.block_count", UINT32, 5),

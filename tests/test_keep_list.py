@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from surgery.errors import InputError
-from surgery.keep_list import KeepList, build_old_to_new
+from surgery.verbs.keep_list import KeepList, build_old_to_new
 
 
 def test_comments_commas_blank_lines_and_duplicates(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from surgery.layer_config import original_layer_types, patch_layer_config
+from surgery.model.layer_config import original_layer_types, patch_layer_config
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,8 +7,8 @@ import json
 from conftest import KEEP
 from test_cli import leftovers
 
-from surgery import execute
 from surgery.cli import cli
+from surgery.edit import execute
 
 
 def test_corrupted_rows_are_caught_before_the_rename(runner, copy_fixture, tmp_path, monkeypatch):
@@ -28,7 +28,7 @@ def test_corrupted_rows_are_caught_before_the_rename(runner, copy_fixture, tmp_p
 
 
 def test_a_tokenizer_that_names_wrong_tokens_is_caught(runner, copy_fixture, tmp_path, monkeypatch):
-    from surgery.tokenizer_files.hf_json import HfTokenizerJson
+    from surgery.tokenizer.hf_json import HfTokenizerJson
 
     real_rewrite = HfTokenizerJson.rewrite
 
@@ -49,7 +49,7 @@ def test_a_tokenizer_that_names_wrong_tokens_is_caught(runner, copy_fixture, tmp
 
 
 def test_a_config_id_that_names_another_token_is_caught(runner, copy_fixture, tmp_path, monkeypatch):
-    from surgery import plan as plan_module
+    from surgery.verbs import vocab as plan_module
 
     real_patch = plan_module.patch_config
 

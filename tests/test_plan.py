@@ -8,11 +8,11 @@ import os
 import numpy as np
 from conftest import KEEP
 
-from surgery.checkpoint import Checkpoint
-from surgery.keep_list import KeepList
-from surgery.plan import plan_trim
-from surgery.tokenizer_files import TokenizerFiles
-from surgery.vocab_tensors import find_vocab_tensors
+from surgery.formats.hf_folder import Checkpoint
+from surgery.model.vocab_tensors import find_vocab_tensors
+from surgery.tokenizer import TokenizerFiles
+from surgery.verbs.keep_list import KeepList
+from surgery.verbs.vocab import plan_trim
 
 
 def make_plan(root, keep=KEEP / "basic.txt", **options):

@@ -10,7 +10,7 @@ import pytest
 import tokenizers
 from conftest import CORPUS, TOKENIZERS, run_cli, tokenizer_checkpoint
 
-from surgery.tokenizer_files import TokenizerFiles
+from surgery.tokenizer import TokenizerFiles
 
 RESERVED = [f"<|reserved_special_token_{n}|>" for n in range(10)]
 

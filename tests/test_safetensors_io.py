@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from surgery.errors import CheckpointError
-from surgery.safetensors_io import (
+from surgery.formats.safetensors import (
     ShardWriter,
     TensorSpec,
     read_header,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from surgery.corpus import CorpusSpec
 from surgery.errors import InputError
-from surgery.selection import Ranking, select_coverage, select_size
-from surgery.token_counts import CorpusCounts
+from surgery.mining.corpus import CorpusSpec
+from surgery.mining.selection import Ranking, select_coverage, select_size
+from surgery.mining.token_counts import CorpusCounts
 
 
 def ranking(counts, weight=1.0):

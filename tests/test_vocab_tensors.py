@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from surgery.checkpoint import Checkpoint
 from surgery.errors import CheckpointError, InputError
-from surgery.safetensors_io import ShardHeader, TensorEntry
-from surgery.vocab_tensors import find_vocab_tensors
+from surgery.formats.hf_folder import Checkpoint
+from surgery.formats.safetensors import ShardHeader, TensorEntry
+from surgery.model.vocab_tensors import find_vocab_tensors
 
 V, H = 1000, 8
 

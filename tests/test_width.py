@@ -254,7 +254,7 @@ def test_fewer_experts_than_routed_per_token_is_refused(tmp_path):
 
 
 def test_a_packed_dtype_is_refused(tmp_path):
-    from surgery.safetensors_io import ShardWriter, TensorSpec, write_all
+    from surgery.formats.safetensors import ShardWriter, TensorSpec, write_all
 
     src = tmp_path / "src"
     src.mkdir()

@@ -1,0 +1,145 @@
+"""output_checks: reopen a freshly written output and check it against its plan before it is moved into place."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from surgery.errors import CheckpointError, VerifyError
+from surgery.formats.hf_folder import CONFIG_FILES
+from surgery.formats.safetensors import read_header
+from surgery.model.config_keys import changed_token_ids, vocab_size_keys
+from surgery.tokenizer import SP_MODEL_NAMES, TOKENIZER_JSON, TokenizerFiles
+from surgery.verbs.vocab import GENERATION_CONFIG, TrimPlan
+
+SAMPLE_ROWS = 64
+
+
+def verify(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
+    """Raise VerifyError on the first disagreement; return the list of checks that passed.
+
+    `tokenizer` is the source checkpoint's tokenizer, as the plan was made from it.
+    """
+    checks = [_check_shards(plan, out), _check_config(plan, out)]
+    checks += _check_tokenizer(plan, out, tokenizer)
+    checks.append(_check_config_ids(plan, out, tokenizer))
+    return checks
+
+
+def _check_config_ids(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> str:
+    """config.json, params.json and generation_config.json ids name the same tokens as in the source."""
+    old_tokens = tokenizer.id_to_token()
+    new_tokens = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.token_old_ids)
+                  if int(old_id) in old_tokens}
+    for name in (*CONFIG_FILES, GENERATION_CONFIG):
+        if not (plan.src / name).exists():
+            continue
+        old_config = json.loads((plan.src / name).read_text(encoding="utf-8"))
+        new_config = json.loads((out / name).read_text(encoding="utf-8"))
+        problems = changed_token_ids(old_config, new_config, old_tokens, new_tokens,
+                                     max(plan.n_rows, plan.n_tokens), len(plan.token_old_ids))
+        if problems:
+            raise VerifyError(f"output {name}: {problems[0]}")
+    return "config token ids name the same tokens"
+
+
+def _check_shards(plan: TrimPlan, out: Path) -> str:
+    import safetensors
+
+    rng = np.random.default_rng(0)
+    sampled = 0
+    for shard in plan.shards:
+        try:
+            header = read_header(out / shard.name)
+        except CheckpointError as e:
+            raise VerifyError(f"output {e}") from e
+        written = {e.name: e for e in header.entries}
+        with safetensors.safe_open(out / shard.name, framework="numpy") as reopened:
+            if set(reopened.keys()) != set(written):
+                raise VerifyError(f"output {shard.name}: safetensors lists other tensors than our reader")
+        for action in shard.actions:
+            entry = written.get(action.name)
+            if entry is None or entry.shape != action.new_shape or entry.dtype != action.dtype:
+                raise VerifyError(f"output {shard.name}: tensor '{action.name}' is missing or has the wrong shape")
+            if action.action == "gather":
+                rows = plan.rows_for(action)
+                if not len(rows):
+                    continue
+                sample = np.unique(np.concatenate([[0, len(rows) - 1], rng.integers(0, len(rows), SAMPLE_ROWS)]))
+                old = _sampled_rows(action.entry, action.axis, rows[sample])
+                if old != _sampled_rows(entry, action.axis, sample):
+                    raise VerifyError(f"output {shard.name}: rows of '{action.name}' differ from their source rows")
+                sampled += len(sample)
+            elif edge_bytes(action.entry) != edge_bytes(entry):
+                raise VerifyError(f"output {shard.name}: copied tensor '{action.name}' differs from its source")
+    return f"shards reopened by safetensors; {sampled} sampled vocab rows equal their source rows"
+
+
+def _sampled_rows(entry, axis: int, rows: np.ndarray) -> bytes:
+    """The given rows along the vocab axis, read with pread: a memmap would fault in whole readahead windows."""
+    row_nbytes = entry.row_nbytes(axis)
+    outer = int(np.prod(entry.shape[:axis]))
+    with open(entry.path, "rb") as f:
+        return b"".join(
+            os.pread(f.fileno(), row_nbytes, entry.begin + (outer_index * entry.shape[axis] + row) * row_nbytes)
+            for outer_index in range(outer) for row in rows.tolist()
+        )
+
+
+def edge_bytes(entry) -> bytes:
+    """First and last 4 KiB of a tensor."""
+    with open(entry.path, "rb") as f:
+        head = os.pread(f.fileno(), min(4096, entry.nbytes), entry.begin)
+        tail = os.pread(f.fileno(), min(4096, entry.nbytes), entry.end - min(4096, entry.nbytes))
+    return head + tail
+
+
+def _check_config(plan: TrimPlan, out: Path) -> str:
+    """Every config's vocab size keys are the rows written."""
+    for name in CONFIG_FILES:
+        if not (plan.src / name).exists():
+            continue
+        config = json.loads((out / name).read_text(encoding="utf-8"))
+        old_keys = vocab_size_keys(json.loads((plan.src / name).read_text(encoding="utf-8")), plan.n_rows, name)
+        try:
+            new_keys = vocab_size_keys(config, plan.new_rows, name)
+        except CheckpointError as e:
+            raise VerifyError(f"output {e}") from e
+        if old_keys and new_keys != old_keys:
+            raise VerifyError(f"output {name}: {', '.join(old_keys)} must all be the {plan.new_rows} rows written")
+    return f"config vocab_size = {plan.new_rows}"
+
+
+def _check_tokenizer(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
+    """The rewritten tokenizer loads in the real libraries and each new id names its old token."""
+    checks = []
+    old_tokens = tokenizer.id_to_token()
+    expected = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.token_old_ids)
+                if int(old_id) in old_tokens}
+    if (out / TOKENIZER_JSON).exists():
+        import tokenizers
+
+        try:
+            loaded = tokenizers.Tokenizer.from_file(str(out / TOKENIZER_JSON))
+        except Exception as e:  # tokenizers raises a bare Exception with its own text
+            raise VerifyError(f"output {TOKENIZER_JSON}: the tokenizers library cannot load it: {e}") from e
+        size = loaded.get_vocab_size(with_added_tokens=True)
+        if size != len(expected):
+            raise VerifyError(f"output {TOKENIZER_JSON}: {size} tokens, expected {len(expected)}")
+        wrong = [new_id for new_id, token in expected.items() if loaded.id_to_token(new_id) != token]
+        if wrong:
+            raise VerifyError(
+                f"output {TOKENIZER_JSON}: new id {wrong[0]} is {loaded.id_to_token(wrong[0])!r}, "
+                f"expected {expected[wrong[0]]!r} ({len(wrong)} ids wrong)"
+            )
+        checks.append(f"{TOKENIZER_JSON} loads; {size} ids, each names its old token")
+    for name in SP_MODEL_NAMES:
+        if (out / name).exists() and name in plan.files:
+            import sentencepiece
+
+            processor = sentencepiece.SentencePieceProcessor(model_file=str(out / name))
+            checks.append(f"{name} loads; {processor.get_piece_size()} pieces")
+    return checks

@@ -1,0 +1,79 @@
+"""Outputs are written beside their target under a partial name and renamed into place only when checked.
+
+A partial name is `.NAME.partial-PID-XXXX`: never mistaken for output, and removed by the next run once its
+process no longer runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from surgery.errors import InputError
+
+LOG = logging.getLogger("surgery")
+PARTIAL = ".partial-"
+Progress = Callable[[int], None]  # called with the number of bytes just written
+
+
+def partial_path(target: Path) -> Path:
+    return target.parent / f".{target.name}{PARTIAL}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def remove_stale_partials(target: Path) -> None:
+    """Leftovers of a run that was killed: their pid no longer runs. They never carry the output's name."""
+    for stale in target.parent.glob(f".{target.name}{PARTIAL}*"):
+        pid_text = stale.name.rsplit(PARTIAL, 1)[1].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            LOG.info("removing %s, left by an interrupted run", stale.name)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_folder_output(src: Path, out: Path, force: bool) -> None:
+    src_resolved, dst = src.resolve(), out.resolve()
+    if dst == src_resolved or src_resolved in dst.parents:
+        raise InputError(f"{out}: output must not be CKPT or inside it (CKPT is never written to)")
+    if dst in src_resolved.parents:
+        raise InputError(f"{out}: output must not contain CKPT")
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists", hint="pass --force to replace it")
+
+
+def write_folder(plan, check: Callable[[Path], object], out: Path, link_unchanged: bool, progress: Progress) -> None:
+    """Write into a sibling partial folder, check it (`check(tmp)` raises on a failure), then move it to OUT;
+    on any failure the partial folder is removed and the error raised."""
+    from surgery.edit.execute import apply_plan
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
+    tmp = partial_path(out)
+    try:
+        apply_plan(plan, tmp, link_unchanged=link_unchanged, progress=progress)
+        check(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():  # --force: the old OUT is moved aside first, then removed
+        aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(4)}"
+        out.rename(aside)
+        tmp.rename(out)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        tmp.rename(out)

@@ -1,0 +1,1 @@
+"""Containers read and written as bytes: safetensors shards and folders, GGUF files."""

@@ -1,0 +1,1 @@
+"""Corpora in, kept ids and importance scores out."""

@@ -1,0 +1,1 @@
+"""What a checkpoint holds, and an output proven against its source."""

@@ -1,0 +1,78 @@
+"""inspect_checkpoint: what a checkpoint holds, from headers and small files only (no tensor bytes)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from surgery.dtypes import DTYPE_BITS
+from surgery.errors import CheckpointError
+from surgery.formats.hf_folder import Checkpoint
+from surgery.model.config_keys import get_dotted, named_token_ids, vocab_size_keys
+from surgery.model.vocab_tensors import VocabTensors
+from surgery.tokenizer import TokenizerFiles
+
+
+def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: TokenizerFiles | CheckpointError) -> dict:
+    """A JSON-ready report; its schema is documented in README.md (surgery inspect --json).
+
+    `tokenizer` may be the error that loading it raised: inspect still shows everything else.
+    """
+    by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "nbytes": 0})
+    shards = []
+    for shard in ckpt.shards:
+        for entry in shard.entries:
+            by_dtype[entry.dtype]["parameters"] += math.prod(entry.shape)
+            by_dtype[entry.dtype]["nbytes"] += entry.nbytes
+        shards.append({"name": shard.path.name, "tensors": len(shard.entries),
+                       "nbytes": sum(e.nbytes for e in shard.entries)})
+    if isinstance(tokenizer, CheckpointError):
+        tokenizer_report = {"kind": None, "size": None, "padding_rows": None, "tokens_without_rows": None,
+                            "error": str(tokenizer)}
+    else:
+        size = tokenizer.size()
+        tokenizer_report = {"kind": tokenizer.kind(), "size": size, "padding_rows": max(vocab.n_rows - size, 0),
+                            "tokens_without_rows": max(size - vocab.n_rows, 0)}
+    config_keys = {key: get_dotted(ckpt.config, key) for key in vocab_size_keys(ckpt.config, vocab.n_rows)}
+    return {
+        "source": str(ckpt.root),
+        "shards": shards,
+        "parameters": sum(d["parameters"] for d in by_dtype.values()),
+        "nbytes": sum(d["nbytes"] for d in by_dtype.values()),
+        "by_dtype": dict(sorted(by_dtype.items(), key=lambda item: -DTYPE_BITS[item[0]])),
+        "vocab_tensors": [
+            {"name": t.entry.name, "shape": list(t.entry.shape), "dtype": t.entry.dtype, "role": t.role.value,
+             "axis": t.axis, "pattern": t.pattern}
+            for t in vocab.tensors
+        ],
+        "tied": vocab.tied,
+        "embedding_rows": vocab.n_rows,
+        "tokenizer": tokenizer_report,
+        "config": {"vocab_size_keys": config_keys, "token_ids": named_token_ids(ckpt.config, vocab.n_rows)},
+        "notes": list(vocab.notes),
+    }
+
+
+def render(report: dict) -> str:
+    """The human-readable table of `surgery inspect`."""
+    lines = [f"checkpoint: {report['source']}",
+             f"shards: {len(report['shards'])}, {report['parameters']:,} parameters, {report['nbytes']:,} bytes"]
+    for dtype, totals in report["by_dtype"].items():
+        lines.append(f"  {dtype:8} {totals['parameters']:>16,} parameters {totals['nbytes']:>18,} bytes")
+    lines.append(f"vocabulary tensors ({'tied' if report['tied'] else 'untied'}), {report['embedding_rows']} rows:")
+    width = max(len(t["name"]) for t in report["vocab_tensors"])
+    for t in report["vocab_tensors"]:
+        lines.append(f"  {t['name']:{width}}  {t['role']:5}  {t['dtype']:5}  {str(t['shape']):18} axis {t['axis']}")
+    tok = report["tokenizer"]
+    if tok["kind"] is None:
+        lines.append(f"tokenizer: none usable ({tok['error']})")
+    else:
+        lines.append(f"tokenizer: {tok['kind']}, {tok['size']} ids"
+                     + (f" ({tok['padding_rows']} embedding rows past it are padding)" if tok["padding_rows"] else "")
+                     + (f" ({tok['tokens_without_rows']} tokens past the embedding have no row)"
+                        if tok["tokens_without_rows"] else ""))
+    lines.append("config: " + ", ".join(f"{k}={v}" for k, v in report["config"]["vocab_size_keys"].items()))
+    for key, ids in report["config"]["token_ids"].items():
+        lines.append(f"  {key}: {ids if len(ids) > 1 else ids[0]}")
+    lines += [f"note: {n}" for n in report["notes"]]
+    return "\n".join(lines)
