@@ -9,16 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from surgery.errors import CheckpointError, VerifyError
-from surgery.formats.hf_folder import CONFIG_FILES
+from surgery.formats.hf_folder import CONFIG_FILES, GENERATION_CONFIG
 from surgery.formats.safetensors import read_header
 from surgery.model.config_keys import changed_token_ids, vocab_size_keys
 from surgery.tokenizer import SP_MODEL_NAMES, TOKENIZER_JSON, TokenizerFiles
-from surgery.verbs.vocab import GENERATION_CONFIG, TrimPlan
 
 SAMPLE_ROWS = 64
 
 
-def verify(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
+def verify(plan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
     """Raise VerifyError on the first disagreement; return the list of checks that passed.
 
     `tokenizer` is the source checkpoint's tokenizer, as the plan was made from it.
@@ -29,7 +28,7 @@ def verify(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
     return checks
 
 
-def _check_config_ids(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> str:
+def _check_config_ids(plan, out: Path, tokenizer: TokenizerFiles) -> str:
     """config.json, params.json and generation_config.json ids name the same tokens as in the source."""
     old_tokens = tokenizer.id_to_token()
     new_tokens = {new_id: old_tokens[int(old_id)] for new_id, old_id in enumerate(plan.token_old_ids)
@@ -46,7 +45,7 @@ def _check_config_ids(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> s
     return "config token ids name the same tokens"
 
 
-def _check_shards(plan: TrimPlan, out: Path) -> str:
+def _check_shards(plan, out: Path) -> str:
     import safetensors
 
     rng = np.random.default_rng(0)
@@ -97,7 +96,7 @@ def edge_bytes(entry) -> bytes:
     return head + tail
 
 
-def _check_config(plan: TrimPlan, out: Path) -> str:
+def _check_config(plan, out: Path) -> str:
     """Every config's vocab size keys are the rows written."""
     for name in CONFIG_FILES:
         if not (plan.src / name).exists():
@@ -113,7 +112,7 @@ def _check_config(plan: TrimPlan, out: Path) -> str:
     return f"config vocab_size = {plan.new_rows}"
 
 
-def _check_tokenizer(plan: TrimPlan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
+def _check_tokenizer(plan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
     """The rewritten tokenizer loads in the real libraries and each new id names its old token."""
     checks = []
     old_tokens = tokenizer.id_to_token()

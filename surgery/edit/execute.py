@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.edit.actions import ShardPlan, TensorAction
 from surgery.errors import OutputFullError
 from surgery.formats.hf_folder import dump_json
 from surgery.formats.safetensors import (
@@ -23,7 +24,6 @@ from surgery.formats.safetensors import (
     pread_rows,
     write_all,
 )
-from surgery.verbs.vocab import ShardPlan, TensorAction, TrimPlan
 
 LOG = logging.getLogger(__name__)
 COPY_CHUNK = 64 * 1024 * 1024
@@ -48,7 +48,7 @@ def writing(name: str):
                               "the output folder was not created") from e
 
 
-def apply_plan(plan: TrimPlan, out: Path, *, link_unchanged: bool = False, progress: Progress | None = None) -> None:
+def apply_plan(plan, out: Path, *, link_unchanged: bool = False, progress: Progress | None = None) -> None:
     """Write the trimmed checkpoint into `out` (which must not exist yet)."""
     progress = progress or (lambda nbytes: None)
     out.mkdir()
@@ -63,7 +63,7 @@ def apply_plan(plan: TrimPlan, out: Path, *, link_unchanged: bool = False, progr
     sync_tree(out)
 
 
-def _small_files(plan: TrimPlan, out: Path):
+def _small_files(plan, out: Path):
     """(name, write) for the index, the rewritten files, the copied files and the trim record."""
     for index in plan.indexes:
         yield index.name, lambda index=index: _write_index(plan, index, out / index.name)
@@ -98,7 +98,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_one(plan: TrimPlan, shard: ShardPlan, out: Path, link_unchanged: bool, progress: Progress) -> None:
+def _write_one(plan, shard: ShardPlan, out: Path, link_unchanged: bool, progress: Progress) -> None:
     src = plan.src / shard.name
     with writing(shard.name):
         if shard.changed:
@@ -122,7 +122,7 @@ def _copy_unchanged(src: Path, dst: Path, link: bool, progress: Progress) -> Non
         copy_range(source.fileno(), target.fileno(), 0, os.fstat(source.fileno()).st_size, progress)
 
 
-def _write_shard(plan: TrimPlan, shard: ShardPlan, src: Path, dst: Path, progress: Progress) -> None:
+def _write_shard(plan, shard: ShardPlan, src: Path, dst: Path, progress: Progress) -> None:
     """Every action carries its source entry (the plan read the header once); no header is read again."""
     actions = {a.name: a for a in shard.actions}
     writer = ShardWriter(dst, shard.metadata)
@@ -200,7 +200,7 @@ def gather_rows(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorActio
             write_all(fd_out, view)
 
 
-def _write_index(plan: TrimPlan, index, path: Path) -> None:
+def _write_index(plan, index, path: Path) -> None:
     """The index keeps its metadata, with total_size (and total_parameters if present) recomputed."""
     actions = [action for shard in plan.shards if shard.name in index.shards for action in shard.actions]
     metadata = dict(index.metadata or {})

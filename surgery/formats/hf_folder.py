@@ -17,7 +17,8 @@ NATIVE_SINGLE_SHARD = "consolidated.safetensors"
 NATIVE_INDEX_FILE = "consolidated.safetensors.index.json"
 NATIVE_SHARD_GLOB = "consolidated*.safetensors"
 NATIVE_CONFIG = "params.json"
-CONFIG_FILES = (CONFIG, NATIVE_CONFIG)  # each names the vocabulary size (and maybe token ids) of its layout
+CONFIG_FILES = (CONFIG, NATIVE_CONFIG)
+GENERATION_CONFIG = "generation_config.json"  # each names the vocabulary size (and maybe token ids) of its layout
 # Weight formats we never open (pickle can run code) and never copy into a trimmed output (they would
 # still hold the full vocabulary).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

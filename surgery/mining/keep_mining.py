@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from surgery.errors import InputError
-from surgery.formats.hf_folder import Checkpoint, load_json
+from surgery.formats.hf_folder import GENERATION_CONFIG, Checkpoint, load_json
 from surgery.mining.corpus import CorpusSpec
 from surgery.mining.selection import (
     Ranking,
@@ -23,7 +23,6 @@ from surgery.model.vocab_tensors import find_vocab_tensors
 from surgery.tokenizer import TokenizerFiles
 from surgery.verbs.keep_list import KeepList
 from surgery.verbs.vocab import (
-    GENERATION_CONFIG,
     complete_kept_set,
     config_token_ids,
     trim_totals,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from surgery.errors import CheckpointError, VerifyError
-from surgery.formats.hf_folder import Checkpoint, load_json
+from surgery.formats.hf_folder import GENERATION_CONFIG, Checkpoint, load_json
 from surgery.formats.safetensors import READ_BLOCK_NBYTES, TensorEntry, pread_rows
 from surgery.mining.corpus import CorpusSpec, read_documents
 from surgery.mining.token_counts import batches, load_decoder, load_encoder
@@ -22,7 +22,7 @@ from surgery.model.config_keys import changed_token_ids, vocab_size_keys
 from surgery.model.vocab_tensors import find_vocab_tensors
 from surgery.tokenizer import TokenizerFiles
 from surgery.tokenizer.hf_json import filter_merge_pairs
-from surgery.verbs.vocab import GENERATION_CONFIG, TRIM_RECORD
+from surgery.verbs.vocab import TRIM_RECORD
 
 MAX_EXAMPLES = 3
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.edit.actions import ShardPlan, TensorAction, other_files
 from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.formats.hf_folder import (
     CONFIG,
@@ -26,7 +27,6 @@ from surgery.formats.hf_folder import (
 from surgery.formats.safetensors import read_header
 from surgery.model.config_keys import ConfigPatch
 from surgery.model.layer_config import patch_layer_config, text_config_path
-from surgery.verbs.vocab import ShardPlan, TensorAction, other_files
 
 LAYERS_RECORD = "surgery_drop_layers.json"
 IMPORTANCE_FORMAT = "surgery-importance/1"

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from surgery.dtypes import whole_bytes
+from surgery.edit.actions import ShardPlan, TensorAction, action_totals, other_files
 from surgery.errors import CheckpointError, InputError
 from surgery.formats.hf_folder import (
-    OTHER_WEIGHT_SUFFIXES,
+    GENERATION_CONFIG,
     Checkpoint,
     ShardIndex,
     dump_json,
     load_json,
 )
-from surgery.formats.safetensors import TensorEntry, expected_nbytes
 from surgery.model.config_keys import (
     VOCAB_SIZE_KEYS,
     ConfigPatch,
@@ -29,50 +28,7 @@ from surgery.model.vocab_tensors import PREFIX_TABLE_SIZE_KEYS, VocabTensors
 from surgery.tokenizer import TokenizerFiles
 from surgery.verbs.keep_list import KeepList, build_old_to_new
 
-# vocabularies in formats surgery does not rewrite: never copied stale beside a trimmed model
-UNREWRITTEN_TOKENIZER_FILES = ("*.tiktoken", "tiktoken.model", "tekken*.json")
 TRIM_RECORD = "surgery_trim.json"  # written into OUT: the old id of every new id, and why it was kept
-GENERATION_CONFIG = "generation_config.json"
-
-
-@dataclass(frozen=True, slots=True)
-class TensorAction:
-    name: str
-    shard: str
-    action: str  # "gather" (vocab axis indexed by row_source), "take" (rows/cols) or "copy" (bytes unchanged)
-    dtype: str
-    old_shape: tuple[int, ...]
-    new_shape: tuple[int, ...]
-    axis: int | None
-    role: str | None
-    source: str | None = None  # the source tensor's name when it is renamed (drop-layers)
-    rows: np.ndarray | None = field(default=None, compare=False)  # "take": kept rows (axis 0), None for all
-    cols: np.ndarray | None = field(default=None, compare=False)  # "take": kept columns (axis 1), None for all
-    entry: TensorEntry | None = field(default=None, compare=False, repr=False)  # the source tensor: bytes and place
-
-    @property
-    def source_name(self) -> str:
-        return self.source or self.name
-
-    @property
-    def old_nbytes(self) -> int:
-        return expected_nbytes(self.dtype, self.old_shape)
-
-    @property
-    def new_nbytes(self) -> int:
-        return expected_nbytes(self.dtype, self.new_shape)
-
-
-@dataclass(frozen=True, slots=True)
-class ShardPlan:
-    name: str
-    metadata: dict[str, str] | None
-    actions: tuple[TensorAction, ...]
-    rewritten: bool = False  # tensors renamed or left out: the file is written anew, never copied whole
-
-    @property
-    def changed(self) -> bool:
-        return self.rewritten or any(a.action == "gather" for a in self.actions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +210,7 @@ def plan_trim(
         files[GENERATION_CONFIG] = dump_json(new_generation)
         patches += generation_patches
     shards = tuple(_shard_plan(shard, vocab, kept_ids, len(row_source)) for shard in ckpt.shards)
-    copied, skipped = other_files(ckpt, files)
+    copied, skipped = other_files(ckpt, files, TRIM_RECORD)
     return TrimPlan(
         src=ckpt.root, n_rows=n_rows, n_tokens=n_tokens, user_ids=len(user_ids), kept_ids=kept_ids,
         row_source=row_source, rowless_ids=rowless_ids, pad_source=pad_source, additions=tuple(additions),
@@ -324,16 +280,6 @@ def _padding(kept_ids: np.ndarray, config: dict, tokenizer: TokenizerFiles, mult
     return pad_source, np.concatenate([kept_ids, np.full(n_pad, pad_source, dtype=np.int64)])
 
 
-def action_totals(actions: list[TensorAction]) -> dict[str, int]:
-    """Parameters and bytes before and after a trim."""
-    return {
-        "params_before": sum(int(np.prod(a.old_shape)) for a in actions),
-        "params_after": sum(int(np.prod(a.new_shape)) for a in actions),
-        "bytes_before": sum(a.old_nbytes for a in actions),
-        "bytes_after": sum(a.new_nbytes for a in actions),
-    }
-
-
 def trim_totals(ckpt: Checkpoint, vocab: VocabTensors, kept_ids: np.ndarray) -> dict[str, int]:
     """What keeping kept_ids would save, from headers alone (keep --stats), without planning the files."""
     return action_totals([a for shard in ckpt.shards for a in _shard_plan(shard, vocab, kept_ids).actions])
@@ -359,32 +305,6 @@ def _shard_plan(shard, vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int 
         actions.append(TensorAction(entry.name, shard.path.name, "gather", entry.dtype, entry.shape, new_shape,
                                     found.axis, found.role.value, entry=entry))
     return ShardPlan(shard.path.name, shard.metadata, tuple(actions))
-
-
-def other_files(ckpt: Checkpoint, rewritten: dict, record_name: str = TRIM_RECORD, *, vocabulary_changes: bool = True
-                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The files and folders copied into OUT as they are, and those left out (other weight formats)."""
-    written = set(rewritten) | {s.path.name for s in ckpt.shards} | {record_name}
-    written.update(index.name for index in ckpt.indexes)
-    copied, skipped = [], []
-    for path in sorted(ckpt.root.iterdir()):
-        if path.name in written or path.name.startswith("."):
-            continue
-        if vocabulary_changes and any(fnmatch.fnmatchcase(path.name, p) for p in UNREWRITTEN_TOKENIZER_FILES):
-            raise CheckpointError(
-                f"{path.name}: a tokenizer file surgery does not rewrite; copied, it would no longer match the "
-                "trimmed vocabulary", hint=f"trim a copy of the folder without {path.name}")
-        (skipped if _holds_weights(path) else copied).append(path.name)
-    return tuple(copied), tuple(skipped)
-
-
-def _holds_weights(path: Path) -> bool:
-    """Other weight files, or a folder holding any (Llama-3's original/consolidated.00.pth): they would still
-    carry the full vocabulary, so they are not copied into OUT."""
-    weight_suffixes = (*OTHER_WEIGHT_SUFFIXES, ".safetensors")
-    if path.is_dir():
-        return any(p.suffix in weight_suffixes for p in path.rglob("*") if p.is_file())
-    return path.suffix in OTHER_WEIGHT_SUFFIXES
 
 
 def _load_optional(path: Path):

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from surgery.dtypes import columns_cuttable
+from surgery.edit.actions import ShardPlan, TensorAction, other_files
 from surgery.errors import CheckpointError, InputError
 from surgery.formats.hf_folder import CONFIG, Checkpoint, ShardIndex, dump_json
 from surgery.model.config_keys import ConfigPatch
 from surgery.model.layer_config import text_config_path
 from surgery.verbs.layers import DECODER_LAYER, IMPORTANCE_FORMAT
-from surgery.verbs.vocab import ShardPlan, TensorAction, other_files
 
 PRUNE_RECORD = "surgery_prune.json"
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")  # qwen-moe, transformers 5, deepseek
