@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -66,3 +67,25 @@ def tokenizer_checkpoint(kind: str | Path, root: Path, *, extra_rows: int = 0) -
     writer.write_tensor("model.embed_tokens.weight", lambda fd: write_all(fd, embed.tobytes()))
     writer.close()
     return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".partial-" in p.name or ".replaced-" in p.name]
+
+
+def make_plan(root, keep=KEEP / "basic.txt", **options):
+    """The vocabulary trim plan of a checkpoint folder, as trim makes it."""
+    from surgery.formats.hf_folder import Checkpoint
+    from surgery.model.vocab_tensors import find_vocab_tensors
+    from surgery.tokenizer import TokenizerFiles
+    from surgery.verbs.keep_list import KeepList
+    from surgery.verbs.vocab import plan_trim
+
+    ckpt = Checkpoint.open(root)
+    vocab = find_vocab_tensors(ckpt)
+    return plan_trim(ckpt, vocab, TokenizerFiles.load(root), KeepList.load(keep, vocab.n_rows), **options)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,20 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KEEP, run_cli
+from conftest import KEEP, leftovers, run_cli, snapshot
 
 from surgery.cli import cli
 
 SURGERY = [sys.executable, "-m", "surgery"]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def leftovers(parent: Path) -> list[str]:
-    return [p.name for p in parent.iterdir() if ".partial-" in p.name or ".replaced-" in p.name]
 
 
 def refuse(runner, src: Path, args: list, exit_code: int, message: str, out: Path | None = None) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import KEEP
-from test_cli import leftovers
+from conftest import KEEP, leftovers
 
 from surgery.cli import cli
 from surgery.edit import execute

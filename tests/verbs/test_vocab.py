@@ -6,19 +6,13 @@ import json
 import os
 
 import numpy as np
-from conftest import KEEP
+from conftest import KEEP, make_plan
 
 from surgery.formats.hf_folder import Checkpoint
 from surgery.model.vocab_tensors import find_vocab_tensors
 from surgery.tokenizer import TokenizerFiles
 from surgery.verbs.keep_list import KeepList
 from surgery.verbs.vocab import plan_trim
-
-
-def make_plan(root, keep=KEEP / "basic.txt", **options):
-    ckpt = Checkpoint.open(root)
-    vocab = find_vocab_tensors(ckpt)
-    return plan_trim(ckpt, vocab, TokenizerFiles.load(root), KeepList.load(keep, vocab.n_rows), **options)
 
 
 def zero_tensor_data(root):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import make_plan
 from safetensors.numpy import load_file
-from test_plan import make_plan
 
 from surgery.edit.execute import apply_plan
 from surgery.formats.safetensors import read_header, read_rows
