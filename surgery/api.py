@@ -364,6 +364,13 @@ def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, voc
            not_vocab_tensors: tuple[str, ...] = ()) -> VerifyResult:
     """Prove OUT against its source, byte for byte (folder or GGUF); `.ok` says whether every check passed."""
     src, out = Path(src), Path(out)
+    from surgery.verbs.layers import LAYERS_RECORD
+    from surgery.verbs.width import PRUNE_RECORD
+
+    for record in (LAYERS_RECORD, PRUNE_RECORD):
+        if (out / record).exists():
+            raise InputError(f"{out}: holds {record}, the output of another verb; `surgery verify` proves vocabulary "
+                             "trims (drop-layers and prune check their output before it is moved into place)")
     if is_gguf(src):
         from surgery.reports.gguf_reports import compare_gguf
 
