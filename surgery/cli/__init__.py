@@ -276,7 +276,7 @@ def prune(ckpt: Path, importance: Path, intermediate_size: int | None, num_atten
 
 
 @cli.command()
-@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("ckpt", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--corpus", "corpora", multiple=True, required=True, metavar="PATH[:WEIGHT[:MAX_DOCS]]",
               help="Calibration text: plain text, JSON Lines, .gz, a folder, or - for stdin.")
 @click.option("--max-docs", type=click.IntRange(min=1), help="Read at most this many documents per corpus.")
