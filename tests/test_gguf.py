@@ -331,3 +331,15 @@ def test_gguf_metadata_kept_patched_and_dropped(f32_ggufs, workdir, tmp_path):
     assert new.get("tokenizer.ggml.suppress_tokens").tolist() == [5, old_to_new[700]]
     assert "tokenizer.huggingface.json" not in new.kvs
     assert 702 in record["old_ids"]  # <|eot_id|>, named by the chat template and the eos id
+
+
+def test_a_wrong_row_is_caught_before_the_rename(f32_ggufs, workdir, tmp_path, monkeypatch):
+    import surgery.verbs.vocab_gguf as vocab_gguf
+
+    src = source_gguf(f32_ggufs, workdir, "llama-spm", "Q8_0", "Q8_0")
+    real = vocab_gguf.gather_rows
+    monkeypatch.setattr(vocab_gguf, "gather_rows", lambda fd_in, fd_out, entry, action, rows: real(
+        fd_in, fd_out, entry, action, rows[::-1].copy()))
+    result = run_cli(["trim", src, "--keep", keep_list("llama-spm", tmp_path / "ids.txt"), "-o", tmp_path / "o.gguf"], 3)
+    assert result.stderr.splitlines()[-1] == "Error: output: rows of 'output.weight' differ from their source rows"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.txt"]  # no output, no partial file
