@@ -270,3 +270,26 @@ def test_a_packed_dtype_is_refused(tmp_path):
     result = run_cli(["prune", src, "--importance", tmp_path / "imp.json", "--intermediate-size", "2", "-o",
                       tmp_path / "out"], 1)
     assert "has F4, a packed dtype: a slice would cut inside a byte" in result.stderr
+
+
+def test_deepseek_expert_pruning_slices_the_router_bias(tmp_path):
+    config = transformers.DeepseekV3Config(
+        vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=8, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+        first_k_dense_replace=1, kv_lora_rank=8, q_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4,
+        v_head_dim=8, n_group=1, topk_group=1, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.DeepseekV3ForCausalLM(config).save_pretrained(tmp_path / "src")
+    rng = np.random.default_rng(11)
+    scores = {"format": "surgery-importance/1", "experts": rng.random((2, 4)).tolist()}
+    (tmp_path / "imp.json").write_text(json.dumps(scores))
+    run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-experts", "2", "-o",
+             tmp_path / "out", "-q"])
+    pruned = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert pruned.config.n_routed_experts == 2 and logits(pruned, IDS).shape == (2, 10, 96)
+    src, out = load_file(tmp_path / "src" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    kept = top_n(scores["experts"][1], 2)
+    p = "model.layers.1.mlp.gate."
+    assert np.array_equal(out[p + "weight"], src[p + "weight"][kept])
+    assert np.array_equal(out[p + "e_score_correction_bias"], src[p + "e_score_correction_bias"][kept])
+    assert "model.layers.1.mlp.experts.2.up_proj.weight" not in out
