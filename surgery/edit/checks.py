@@ -1,13 +1,16 @@
-"""output_checks: reopen a freshly written output and check it against its plan before it is moved into place."""
+"""In-run checks of a vocabulary trim: reopen the output and check it against its plan before it is moved into place.
+
+The byte comparisons are those of `surgery verify` (edit/compare.py), on a sample of rows.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from surgery.edit.compare import first_bad_row, same_bytes
 from surgery.errors import CheckpointError, VerifyError
 from surgery.formats.hf_folder import CONFIG_FILES, GENERATION_CONFIG
 from surgery.formats.safetensors import read_header
@@ -68,32 +71,12 @@ def _check_shards(plan, out: Path) -> str:
                 if not len(rows):
                     continue
                 sample = np.unique(np.concatenate([[0, len(rows) - 1], rng.integers(0, len(rows), SAMPLE_ROWS)]))
-                old = _sampled_rows(action.entry, action.axis, rows[sample])
-                if old != _sampled_rows(entry, action.axis, sample):
+                if first_bad_row(action.entry, entry, action.axis, rows, sample) is not None:
                     raise VerifyError(f"output {shard.name}: rows of '{action.name}' differ from their source rows")
                 sampled += len(sample)
-            elif edge_bytes(action.entry) != edge_bytes(entry):
+            elif not same_bytes(action.entry, entry, full=False):
                 raise VerifyError(f"output {shard.name}: copied tensor '{action.name}' differs from its source")
     return f"shards reopened by safetensors; {sampled} sampled vocab rows equal their source rows"
-
-
-def _sampled_rows(entry, axis: int, rows: np.ndarray) -> bytes:
-    """The given rows along the vocab axis, read with pread: a memmap would fault in whole readahead windows."""
-    row_nbytes = entry.row_nbytes(axis)
-    outer = int(np.prod(entry.shape[:axis]))
-    with open(entry.path, "rb") as f:
-        return b"".join(
-            os.pread(f.fileno(), row_nbytes, entry.begin + (outer_index * entry.shape[axis] + row) * row_nbytes)
-            for outer_index in range(outer) for row in rows.tolist()
-        )
-
-
-def edge_bytes(entry) -> bytes:
-    """First and last 4 KiB of a tensor."""
-    with open(entry.path, "rb") as f:
-        head = os.pread(f.fileno(), min(4096, entry.nbytes), entry.begin)
-        tail = os.pread(f.fileno(), min(4096, entry.nbytes), entry.end - min(4096, entry.nbytes))
-    return head + tail
 
 
 def _check_config(plan, out: Path) -> str:

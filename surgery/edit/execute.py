@@ -15,11 +15,11 @@ import numpy as np
 
 from surgery.edit.actions import ShardPlan, TensorAction
 from surgery.errors import OutputFullError
+from surgery.formats.base import TensorSource
 from surgery.formats.hf_folder import dump_json
 from surgery.formats.safetensors import (
     READ_BLOCK_NBYTES,
     ShardWriter,
-    TensorEntry,
     TensorSpec,
     pread_rows,
     write_all,
@@ -164,7 +164,7 @@ def copy_range(fd_in: int, fd_out: int, begin: int, nbytes: int, progress: Progr
         progress(copied)
 
 
-def take_rows_cols(fd_in: int, fd_out: int, entry: TensorEntry, rows: np.ndarray | None, cols: np.ndarray | None
+def take_rows_cols(fd_in: int, fd_out: int, entry: TensorSource, rows: np.ndarray | None, cols: np.ndarray | None
                    ) -> None:
     """Rows (axis 0) and columns (axis 1) of a matrix or vector, read a block of rows at a time: the kept rows
     with one pread per run, the kept columns taken from that block in memory (whole elements, any dtype)."""
@@ -183,7 +183,7 @@ def take_rows_cols(fd_in: int, fd_out: int, entry: TensorEntry, rows: np.ndarray
             write_all(fd_out, np.ascontiguousarray(cells[:, cols, :]))
 
 
-def gather_rows(fd_in: int, fd_out: int, entry: TensorEntry, action: TensorAction, row_source: np.ndarray) -> None:
+def gather_rows(fd_in: int, fd_out: int, entry: TensorSource, action: TensorAction, row_source: np.ndarray) -> None:
     """Take rows `row_source` along the vocab axis, reading only the runs of kept rows, one block at a time."""
     axis = action.axis
     outer = int(np.prod(entry.shape[:axis]))

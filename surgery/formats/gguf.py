@@ -288,3 +288,13 @@ def split_name(out: Path, no: int, count: int) -> Path:
     match = SPLIT_NAME.match(out.name)
     stem = match["stem"] if match else out.name.removesuffix(".gguf")
     return out.with_name(f"{stem}-{no:05d}-of-{count:05d}.gguf")
+
+
+@dataclass(frozen=True, slots=True)
+class GgufParts:
+    """A GGUF file and its split parts, as the container protocol (formats/base.py) sees them."""
+
+    parts: tuple[GgufFile, ...]
+
+    def tensor_files(self) -> list[tuple[Path, list[GgufTensor]]]:
+        return [(part.path, list(part.tensors)) for part in self.parts]

@@ -79,6 +79,10 @@ class Checkpoint:
     def tensors(self) -> dict[str, TensorEntry]:
         return {entry.name: entry for shard in self.shards for entry in shard.entries}
 
+    def tensor_files(self) -> list[tuple[Path, list[TensorEntry]]]:
+        """The container protocol (formats/base.py): each shard and its tensors."""
+        return [(shard.path, list(shard.entries)) for shard in self.shards]
+
 
 def _open_layout(root: Path, index_file: str, single: str | None, paths: list[Path], shards: list, indexes: list,
                  other_layout: set[str]) -> None:

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from surgery.edit.compare import first_bad_row, same_bytes
 from surgery.errors import CheckpointError, VerifyError
 from surgery.formats.hf_folder import GENERATION_CONFIG, Checkpoint, load_json
-from surgery.formats.safetensors import READ_BLOCK_NBYTES, TensorEntry, pread_rows
 from surgery.mining.corpus import CorpusSpec, read_documents
 from surgery.mining.token_counts import batches, load_decoder, load_encoder
 from surgery.model.config_keys import changed_token_ids, vocab_size_keys
@@ -101,34 +100,6 @@ def _check_tensors(old: Checkpoint, new: Checkpoint, vocab, old_ids: np.ndarray)
         return Finding("tensors", False, f"{len(problems)} problem(s)", problems[:MAX_EXAMPLES])
     return Finding("tensors", True, f"{compared} tensors: {n_rows_compared} vocab rows equal their source rows, "
                                     "every other tensor byte-identical")
-
-
-def first_bad_row(a: TensorEntry, b: TensorEntry, axis: int, old_ids: np.ndarray) -> int | None:
-    row_nbytes = a.row_nbytes(axis)
-    per_block = max(1, READ_BLOCK_NBYTES // max(row_nbytes, 1))
-    outer = int(np.prod(a.shape[:axis]))
-    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
-        for outer_index in range(outer):
-            base_a = a.begin + outer_index * a.shape[axis] * row_nbytes
-            base_b = b.begin + outer_index * len(old_ids) * row_nbytes
-            for start in range(0, len(old_ids), per_block):
-                block = old_ids[start : start + per_block]
-                want = bytearray(len(block) * row_nbytes)
-                pread_rows(fa.fileno(), base_a, row_nbytes, block, memoryview(want))
-                got = os.pread(fb.fileno(), len(want), base_b + start * row_nbytes)
-                if got != want:
-                    diff = np.flatnonzero(np.frombuffer(got, np.uint8) != np.frombuffer(want, np.uint8))
-                    return start + int(diff[0]) // row_nbytes
-    return None
-
-
-def same_bytes(a: TensorEntry, b: TensorEntry) -> bool:
-    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
-        for offset in range(0, a.nbytes, READ_BLOCK_NBYTES):
-            size = min(READ_BLOCK_NBYTES, a.nbytes - offset)
-            if os.pread(fa.fileno(), size, a.begin + offset) != os.pread(fb.fileno(), size, b.begin + offset):
-                return False
-    return True
 
 
 def _check_configs(src, out, old, new, old_tok, new_tok, n_ids: int, new_rows: int, new_ids: int) -> list[Finding]:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from surgery.dtypes import GGML_TYPES
+from surgery.edit.compare import first_bad_row, same_bytes
 from surgery.errors import VerifyError
-from surgery.formats.gguf import GgufFile
+from surgery.formats.gguf import GgufFile, GgufParts
 from surgery.model.config_keys import changed_token_ids
-from surgery.reports.comparison import MAX_EXAMPLES, Finding, first_bad_row, same_bytes
+from surgery.reports.comparison import MAX_EXAMPLES, Finding
+from surgery.reports.inspection import weights_summary
 from surgery.tokenizer.gguf_vocab import MERGES, GgufVocab
 from surgery.verbs.vocab_gguf import RECORD_KEY, find_gguf_vocab_tensors, open_gguf
 
@@ -23,18 +23,10 @@ def inspect_gguf(parts: list[GgufFile], vocab_tensors: tuple[str, ...] = (), not
     """The report of `surgery inspect` for a GGUF file (same schema as for a folder; shards are the parts)."""
     vocab = GgufVocab.of(parts[0])
     roles = find_gguf_vocab_tensors(parts, vocab.size(), vocab_tensors, not_vocab_tensors)
-    by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "nbytes": 0})
-    for tensor in (t for part in parts for t in part.tensors):
-        by_dtype[tensor.dtype]["parameters"] += math.prod(tensor.ne)
-        by_dtype[tensor.dtype]["nbytes"] += tensor.nbytes
     tensors = {t.name: t for part in parts for t in part.tensors}
     return {
         "source": str(parts[0].path),
-        "shards": [{"name": p.path.name, "tensors": len(p.tensors), "nbytes": sum(t.nbytes for t in p.tensors)}
-                   for p in parts],
-        "parameters": sum(d["parameters"] for d in by_dtype.values()),
-        "nbytes": sum(d["nbytes"] for d in by_dtype.values()),
-        "by_dtype": dict(sorted(by_dtype.items())),
+        **weights_summary(GgufParts(tuple(parts))),
         "vocab_tensors": [{"name": name, "shape": list(tensors[name].shape), "dtype": tensors[name].dtype,
                            "role": role.value, "axis": 0, "pattern": "gguf"} for name, role in sorted(roles.items())],
         "tied": not any(role.value == "head" for role in roles.values()),

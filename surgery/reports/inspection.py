@@ -7,10 +7,28 @@ from collections import defaultdict
 
 from surgery.dtypes import DTYPE_BITS
 from surgery.errors import CheckpointError
+from surgery.formats.base import Container
 from surgery.formats.hf_folder import Checkpoint
 from surgery.model.config_keys import get_dotted, named_token_ids, vocab_size_keys
 from surgery.model.vocab_tensors import VocabTensors
 from surgery.tokenizer import TokenizerFiles
+
+
+def weights_summary(container: Container, dtype_order=None) -> dict:
+    """Tensor files, parameters and bytes in all and by dtype: the first part of every inspect report."""
+    by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "nbytes": 0})
+    files = []
+    for path, tensors in container.tensor_files():
+        for tensor in tensors:
+            by_dtype[tensor.dtype]["parameters"] += math.prod(tensor.shape)
+            by_dtype[tensor.dtype]["nbytes"] += tensor.nbytes
+        files.append({"name": path.name, "tensors": len(tensors), "nbytes": sum(t.nbytes for t in tensors)})
+    return {
+        "shards": files,
+        "parameters": sum(d["parameters"] for d in by_dtype.values()),
+        "nbytes": sum(d["nbytes"] for d in by_dtype.values()),
+        "by_dtype": dict(sorted(by_dtype.items(), key=(lambda item: dtype_order(item[0])) if dtype_order else None)),
+    }
 
 
 def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: TokenizerFiles | CheckpointError) -> dict:
@@ -18,14 +36,6 @@ def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: Tokeniz
 
     `tokenizer` may be the error that loading it raised: inspect still shows everything else.
     """
-    by_dtype: dict[str, dict[str, int]] = defaultdict(lambda: {"parameters": 0, "nbytes": 0})
-    shards = []
-    for shard in ckpt.shards:
-        for entry in shard.entries:
-            by_dtype[entry.dtype]["parameters"] += math.prod(entry.shape)
-            by_dtype[entry.dtype]["nbytes"] += entry.nbytes
-        shards.append({"name": shard.path.name, "tensors": len(shard.entries),
-                       "nbytes": sum(e.nbytes for e in shard.entries)})
     if isinstance(tokenizer, CheckpointError):
         tokenizer_report = {"kind": None, "size": None, "padding_rows": None, "tokens_without_rows": None,
                             "error": str(tokenizer)}
@@ -36,10 +46,7 @@ def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: Tokeniz
     config_keys = {key: get_dotted(ckpt.config, key) for key in vocab_size_keys(ckpt.config, vocab.n_rows)}
     return {
         "source": str(ckpt.root),
-        "shards": shards,
-        "parameters": sum(d["parameters"] for d in by_dtype.values()),
-        "nbytes": sum(d["nbytes"] for d in by_dtype.values()),
-        "by_dtype": dict(sorted(by_dtype.items(), key=lambda item: -DTYPE_BITS[item[0]])),
+        **weights_summary(ckpt, dtype_order=lambda dtype: -DTYPE_BITS[dtype]),
         "vocab_tensors": [
             {"name": t.entry.name, "shape": list(t.entry.shape), "dtype": t.entry.dtype, "role": t.role.value,
              "axis": t.axis, "pattern": t.pattern}

@@ -223,7 +223,7 @@ def check_layers_output(plan: LayerPlan, out: Path) -> None:
     """Reopen the written shards with our reader and with safetensors; every tensor equals its source's edges."""
     import safetensors
 
-    from surgery.edit.checks import edge_bytes
+    from surgery.edit.compare import edge_bytes
 
     for shard in plan.shards:
         try:

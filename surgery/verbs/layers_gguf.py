@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from surgery.edit.checks import edge_bytes
+from surgery.edit.compare import edge_bytes
 from surgery.errors import CheckpointError, VerifyError
 from surgery.formats.gguf import (
     ARRAY,

@@ -342,7 +342,7 @@ def check_prune_output(plan: PrunePlan, out: Path) -> None:
 
     import safetensors
 
-    from surgery.edit.checks import edge_bytes
+    from surgery.edit.compare import edge_bytes
     from surgery.errors import VerifyError
     from surgery.formats.safetensors import read_header
 
