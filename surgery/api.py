@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surgery.edit.staging import check_folder_output, write_folder
+from surgery.edit.staging import check_folder_output, write_folder, write_gguf_verified
 from surgery.errors import InputError
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
@@ -131,7 +131,6 @@ def _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vo
         default_output,
         open_gguf,
         plan_gguf_trim,
-        write_gguf_verified,
     )
 
     out = Path(out) if out is not None else default_output(src)
@@ -198,7 +197,6 @@ def prepare_drop_layers(src, out=None, *, drop: str | None = None, keep_layers: 
         from surgery.verbs.vocab_gguf import (
             check_gguf_output_path,
             open_gguf,
-            write_gguf_verified,
         )
 
         parts = open_gguf(src)
@@ -255,7 +253,6 @@ def prepare_prune(src, importance, out=None, *, intermediate_size: int | None = 
         from surgery.verbs.vocab_gguf import (
             check_gguf_output_path,
             open_gguf,
-            write_gguf_verified,
         )
         from surgery.verbs.width_gguf import plan_gguf_prune
 

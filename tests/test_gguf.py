@@ -334,11 +334,11 @@ def test_gguf_metadata_kept_patched_and_dropped(f32_ggufs, workdir, tmp_path):
 
 
 def test_a_wrong_row_is_caught_before_the_rename(f32_ggufs, workdir, tmp_path, monkeypatch):
-    import surgery.verbs.vocab_gguf as vocab_gguf
+    import surgery.edit.execute as execute
 
     src = source_gguf(f32_ggufs, workdir, "llama-spm", "Q8_0", "Q8_0")
-    real = vocab_gguf.gather_rows
-    monkeypatch.setattr(vocab_gguf, "gather_rows", lambda fd_in, fd_out, entry, action, rows: real(
+    real = execute.gather_rows
+    monkeypatch.setattr(execute, "gather_rows", lambda fd_in, fd_out, entry, action, rows: real(
         fd_in, fd_out, entry, action, rows[::-1].copy()))
     result = run_cli(["trim", src, "--keep", keep_list("llama-spm", tmp_path / "ids.txt"), "-o", tmp_path / "o.gguf"], 3)
     assert result.stderr.splitlines()[-1] == "Error: output: rows of 'output.weight' differ from their source rows"

@@ -16,6 +16,7 @@ import numpy as np
 from surgery.edit.actions import ShardPlan, TensorAction
 from surgery.errors import OutputFullError
 from surgery.formats.base import TensorSource
+from surgery.formats.gguf import data_offsets, encode_header
 from surgery.formats.hf_folder import dump_json
 from surgery.formats.safetensors import (
     READ_BLOCK_NBYTES,
@@ -209,3 +210,29 @@ def _write_index(plan, index, path: Path) -> None:
         metadata["total_parameters"] = sum(int(np.prod(a.new_shape)) for a in actions)
     weight_map = {a.name: a.shard for a in sorted(actions, key=lambda a: a.name)}
     path.write_bytes(dump_json({"metadata": metadata, "weight_map": weight_map}))
+
+
+def write_gguf_plan(plan, targets: list[Path], progress) -> None:
+    """Write every part into `targets` (partial names), each tensor at its aligned offset, then fsync.
+
+    `plan` gives `parts`, `part_kvs(index)`, `actions` (GgufAction) and, for gathered rows, `row_source`."""
+    for index, (part, target) in enumerate(zip(plan.parts, targets)):
+        kvs = plan.part_kvs(index)
+        actions = [a for a in plan.actions if a.part == index]
+        offsets = data_offsets([a.new_nbytes for a in actions], part.alignment)
+        header = encode_header(part.version, kvs, [(a.name, a.new_ne, a.tensor.ggml_type, o)
+                                                   for a, o in zip(actions, offsets)], part.alignment)
+        with writing(target.name), open(part.path, "rb") as source, open(target, "wb") as out:
+            fd_in, fd_out = source.fileno(), out.fileno()
+            write_all(fd_out, header)
+            for action in actions:
+                if action.role:
+                    gather_rows(fd_in, fd_out, action.tensor, action, plan.row_source)
+                    progress(action.new_nbytes)
+                elif action.rows is not None or action.cols is not None:
+                    take_rows_cols(fd_in, fd_out, action.tensor, action.rows, action.cols)
+                    progress(action.new_nbytes)
+                else:
+                    copy_range(fd_in, fd_out, action.tensor.begin, action.tensor.nbytes, progress)
+                write_all(fd_out, b"\0" * (-action.new_nbytes % part.alignment))
+            os.fsync(fd_out)

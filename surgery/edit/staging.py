@@ -77,3 +77,27 @@ def write_folder(plan, check: Callable[[Path], object], out: Path, link_unchange
         shutil.rmtree(aside, ignore_errors=True)
     else:
         tmp.rename(out)
+
+
+def write_gguf_verified(plan, out: Path, progress) -> list[Path]:
+    """Write every part beside its target under a partial name, check them, then rename them into place.
+
+    A run that is killed leaves only `.NAME.partial-PID-XXXX` files, which the next run removes.
+    """
+    from surgery.edit.execute import write_gguf_plan
+
+    targets = plan.output_paths(out)
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(target)
+    partials = [partial_path(target) for target in targets]
+    try:
+        write_gguf_plan(plan, partials, progress)
+        plan.check_output(partials)
+    except BaseException:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+        raise
+    for partial, target in zip(partials, targets):
+        os.replace(partial, target)
+    return targets

@@ -18,7 +18,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from surgery.edit.execute import copy_range, gather_rows, take_rows_cols, writing
 from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.formats.gguf import (
     SPLIT_COUNT,
@@ -26,14 +25,11 @@ from surgery.formats.gguf import (
     GgufFile,
     GgufTensor,
     KeyValue,
-    data_offsets,
-    encode_header,
     read_gguf,
     split_name,
     split_paths,
     tensor_nbytes,
 )
-from surgery.formats.safetensors import write_all
 from surgery.model.vocab_tensors import Role
 from surgery.tokenizer.gguf_vocab import GgufVocab, pad_token_names
 from surgery.verbs.keep_list import KeepList
@@ -265,32 +261,6 @@ def plan_gguf_trim(parts: list[GgufFile], keep: KeepList, *, pad_to_multiple_of:
                         (tuple(first_kvs), *(tuple(part.kvs.values()) for part in parts[1:])), tuple(notes + tok_notes))
 
 
-def write_gguf_plan(plan, targets: list[Path], progress) -> None:
-    """Write every part into `targets` (partial names), each tensor at its aligned offset, then fsync.
-
-    `plan` gives `parts`, `part_kvs(index)`, `actions` (GgufAction) and, for gathered rows, `row_source`."""
-    for index, (part, target) in enumerate(zip(plan.parts, targets)):
-        kvs = plan.part_kvs(index)
-        actions = [a for a in plan.actions if a.part == index]
-        offsets = data_offsets([a.new_nbytes for a in actions], part.alignment)
-        header = encode_header(part.version, kvs, [(a.name, a.new_ne, a.tensor.ggml_type, o)
-                                                   for a, o in zip(actions, offsets)], part.alignment)
-        with writing(target.name), open(part.path, "rb") as source, open(target, "wb") as out:
-            fd_in, fd_out = source.fileno(), out.fileno()
-            write_all(fd_out, header)
-            for action in actions:
-                if action.role:
-                    gather_rows(fd_in, fd_out, action.tensor, action, plan.row_source)
-                    progress(action.new_nbytes)
-                elif action.rows is not None or action.cols is not None:
-                    take_rows_cols(fd_in, fd_out, action.tensor, action.rows, action.cols)
-                    progress(action.new_nbytes)
-                else:
-                    copy_range(fd_in, fd_out, action.tensor.begin, action.tensor.nbytes, progress)
-                write_all(fd_out, b"\0" * (-action.new_nbytes % part.alignment))
-            os.fsync(fd_out)
-
-
 def check_gguf_output(plan: GgufTrimPlan, targets: list[Path]) -> None:
     """Reopen the parts: layout, tokens per id, sampled rows equal their source rows, copied tensors' edges."""
     rng = np.random.default_rng(0)
@@ -344,27 +314,3 @@ def check_gguf_output_path(src: Path, out: Path, force: bool) -> None:
         raise InputError(f"{out}: output must not be the source (the source is never written to)")
     if out.exists() and not force:
         raise InputError(f"{out}: already exists", hint="pass --force to replace it")
-
-
-def write_gguf_verified(plan, out: Path, progress) -> list[Path]:
-    """Write every part beside its target under a partial name, check them, then rename them into place.
-
-    A run that is killed leaves only `.NAME.partial-PID-XXXX` files, which the next run removes.
-    """
-    from surgery.edit.staging import partial_path, remove_stale_partials
-
-    targets = plan.output_paths(out)
-    for target in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(target)
-    partials = [partial_path(target) for target in targets]
-    try:
-        write_gguf_plan(plan, partials, progress)
-        plan.check_output(partials)
-    except BaseException:
-        for partial in partials:
-            partial.unlink(missing_ok=True)
-        raise
-    for partial, target in zip(partials, targets):
-        os.replace(partial, target)
-    return targets
