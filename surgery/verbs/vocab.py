@@ -115,26 +115,32 @@ class TrimPlan:
 
     def describe(self) -> str:
         t = self.totals()
-        saved = 100 * (1 - t["bytes_after"] / t["bytes_before"]) if t["bytes_before"] else 0.0
         lines = [
             f"source: {self.src}",
             f"tokenizer: {self.tokenizer_kind} ({self.n_tokens} ids; embedding has {self.n_rows} rows)",
             f"vocab tensors ({'tied' if self.vocab.tied else 'untied'}):",
             *(f"  {a.name} [{a.role}] {a.dtype} {list(a.old_shape)} -> {list(a.new_shape)}"
               for a in self.tensor_actions() if a.action == "gather"),
-            f"kept ids: {self.user_ids} requested"
-            + "".join(f", +{n} {rule}" for rule, n in self.addition_counts().items() if n)
-            + f" = {len(self.kept_ids)}",
-            f"new vocab rows: {self.new_rows}" + (f" ({self.new_rows - len(self.kept_ids)} padding rows)"
-                                                   if self.new_rows > len(self.kept_ids) else ""),
-            f"parameters: {t['params_before']:,} -> {t['params_after']:,}",
-            f"bytes: {t['bytes_before']:,} -> {t['bytes_after']:,} ({saved:.1f}% saved)",
+            *kept_summary(self, t),
             f"files rewritten: {', '.join(sorted(self.files))}",
         ]
         if self.skipped:
             lines.append(f"not carried over (other weight formats): {', '.join(self.skipped)}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def kept_summary(plan, t: dict[str, int]) -> list[str]:
+    """The lines of a trim's description that say what is kept and what it saves (folder or GGUF plan)."""
+    saved = 100 * (1 - t["bytes_after"] / t["bytes_before"]) if t["bytes_before"] else 0.0
+    kept = len(plan.kept_ids)
+    return [
+        f"kept ids: {plan.user_ids} requested"
+        + "".join(f", +{n} {rule}" for rule, n in plan.addition_counts().items() if n) + f" = {kept}",
+        f"new vocab rows: {plan.new_rows}" + (f" ({plan.new_rows - kept} padding rows)" if plan.new_rows > kept else ""),
+        f"parameters: {t['params_before']:,} -> {t['params_after']:,}",
+        f"bytes: {t['bytes_before']:,} -> {t['bytes_after']:,} ({saved:.1f}% saved)",
+    ]
 
 
 def trim_record(plan) -> dict:

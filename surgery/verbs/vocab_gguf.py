@@ -33,7 +33,7 @@ from surgery.formats.gguf import (
 from surgery.model.vocab_tensors import Role
 from surgery.tokenizer.gguf_vocab import GgufVocab, pad_token_names
 from surgery.verbs.keep_list import KeepList
-from surgery.verbs.vocab import complete_kept_set, trim_record
+from surgery.verbs.vocab import complete_kept_set, kept_summary, trim_record
 
 RECORD_KEY = "surgery.trim_record"
 SAMPLE_ROWS = 64
@@ -210,20 +210,13 @@ class GgufTrimPlan(GgufEdit):
 
     def describe(self) -> str:
         t = self.totals()
-        saved = 100 * (1 - t["bytes_after"] / t["bytes_before"]) if t["bytes_before"] else 0.0
         lines = [
             f"source: {self.src}" + (f" ({len(self.parts)} parts)" if len(self.parts) > 1 else ""),
             f"tokenizer: {self.vocab.kind()} ({self.n_rows} ids)",
             f"vocab tensors ({'tied' if self.tied else 'untied'}):",
             *(f"  {a.name} [{a.role}] {a.tensor.dtype} {list(a.tensor.shape)} -> {list(reversed(a.new_ne))}"
               for a in self.actions if a.role),
-            f"kept ids: {self.user_ids} requested"
-            + "".join(f", +{n} {rule}" for rule, n in self.addition_counts().items() if n)
-            + f" = {len(self.kept_ids)}",
-            f"new vocab rows: {self.new_rows}" + (f" ({self.new_rows - len(self.kept_ids)} padding rows)"
-                                                   if self.new_rows > len(self.kept_ids) else ""),
-            f"parameters: {t['params_before']:,} -> {t['params_after']:,}",
-            f"bytes: {t['bytes_before']:,} -> {t['bytes_after']:,} ({saved:.1f}% saved)",
+            *kept_summary(self, t),
         ]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
