@@ -94,3 +94,25 @@ def _holds_weights(path: Path) -> bool:
     if path.is_dir():
         return any(p.suffix in weight_suffixes for p in path.rglob("*") if p.is_file())
     return path.suffix in OTHER_WEIGHT_SUFFIXES
+
+
+@dataclass(frozen=True, slots=True)
+class FolderEdit:
+    """What every plan for a folder carries beside its own decisions: the shards to write, the indexes to rebuild,
+    the files rewritten, copied and left out, the config changes and the notes. The executor and the staging
+    module need nothing else (and `rows_for` when the verb gathers rows)."""
+
+    src: Path
+    shards: tuple[ShardPlan, ...]
+    indexes: tuple  # formats.hf_folder.ShardIndex: index files to rebuild, with the shards each lists
+    files: dict  # name -> new bytes
+    copied: tuple[str, ...]  # names copied unchanged (files and folders)
+    skipped: tuple[str, ...]  # other weight formats, not carried into OUT
+    config_patches: tuple
+    notes: tuple[str, ...]
+
+    def tensor_actions(self) -> list[TensorAction]:
+        return [action for shard in self.shards for action in shard.actions]
+
+    def patches_json(self) -> list[dict]:
+        return [{"file": p.file, "key": p.key, "old": p.old, "new": p.new} for p in self.config_patches]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.edit.actions import ShardPlan, TensorAction, other_files
+from surgery.edit.actions import FolderEdit, ShardPlan, TensorAction, other_files
 from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.formats.hf_folder import (
     CONFIG,
@@ -101,25 +101,14 @@ def load_layer_scores(path: Path, n_layers: int) -> list[float]:
 
 
 @dataclass(frozen=True, slots=True)
-class LayerPlan:
-    src: Path
+class LayerPlan(FolderEdit):
     n_layers: int
     kept: tuple[int, ...]
-    shards: tuple[ShardPlan, ...]
-    indexes: tuple[ShardIndex, ...]
-    files: dict
-    copied: tuple[str, ...]
-    skipped: tuple[str, ...]
-    config_patches: tuple[ConfigPatch, ...]
-    notes: tuple[str, ...]
     record_name = LAYERS_RECORD
 
     def record(self) -> dict:
         return {"source": str(self.src), "old_num_layers": self.n_layers, "kept_layers": list(self.kept),
                 "dropped_layers": [i for i in range(self.n_layers) if i not in self.kept]}
-
-    def tensor_actions(self) -> list[TensorAction]:
-        return [a for shard in self.shards for a in shard.actions]
 
     def totals(self, ckpt_nbytes: int | None = None) -> dict[str, int]:
         actions = self.tensor_actions()
@@ -130,8 +119,7 @@ class LayerPlan:
         return {**self.record(), "num_layers": len(self.kept), **self.totals(),
                 "renamed_tensors": sum(1 for a in self.tensor_actions() if a.source),
                 "shards": [s.name for s in self.shards], "rewritten_files": sorted(self.files),
-                "config_patches": [{"file": p.file, "key": p.key, "old": p.old, "new": p.new}
-                                   for p in self.config_patches], "notes": list(self.notes)}
+                "config_patches": self.patches_json(), "notes": list(self.notes)}
 
     def describe(self) -> str:
         dropped = [i for i in range(self.n_layers) if i not in self.kept]
@@ -215,8 +203,8 @@ def plan_drop_layers(ckpt: Checkpoint, kept: list[int]) -> LayerPlan:
     indexes = tuple(ShardIndex(i.name, i.metadata, tuple(n for n in i.shards if n in kept_shards))
                     for i in ckpt.indexes)
     copied, skipped = other_files(ckpt, files, LAYERS_RECORD, vocabulary_changes=False)
-    return LayerPlan(ckpt.root, n_layers, tuple(kept), tuple(shards), indexes, files, copied, skipped,
-                     tuple(patches), tuple(notes))
+    return LayerPlan(src=ckpt.root, shards=tuple(shards), indexes=indexes, files=files, copied=copied, skipped=skipped,
+                     config_patches=tuple(patches), notes=tuple(notes), n_layers=n_layers, kept=tuple(kept))
 
 
 def check_layers_output(plan: LayerPlan, out: Path) -> None:

@@ -8,18 +8,22 @@ from pathlib import Path
 import numpy as np
 
 from surgery.dtypes import whole_bytes
-from surgery.edit.actions import ShardPlan, TensorAction, action_totals, other_files
+from surgery.edit.actions import (
+    FolderEdit,
+    ShardPlan,
+    TensorAction,
+    action_totals,
+    other_files,
+)
 from surgery.errors import CheckpointError, InputError
 from surgery.formats.hf_folder import (
     GENERATION_CONFIG,
     Checkpoint,
-    ShardIndex,
     dump_json,
     load_json,
 )
 from surgery.model.config_keys import (
     VOCAB_SIZE_KEYS,
-    ConfigPatch,
     named_token_ids,
     patch_config,
     vocab_size_keys,
@@ -32,8 +36,7 @@ TRIM_RECORD = "surgery_trim.json"  # written into OUT: the old id of every new i
 
 
 @dataclass(frozen=True, slots=True)
-class TrimPlan:
-    src: Path
+class TrimPlan(FolderEdit):
     n_rows: int  # embedding rows before
     n_tokens: int  # tokenizer ids before (rows past it are padding, never tokens)
     user_ids: int
@@ -44,13 +47,6 @@ class TrimPlan:
     additions: tuple[tuple[str, tuple[int, ...]], ...]  # (rule, old ids it added), in rule order
     tokenizer_kind: str
     vocab: VocabTensors
-    shards: tuple[ShardPlan, ...]
-    indexes: tuple[ShardIndex, ...]  # index files to rebuild, with the shards each lists
-    files: dict  # name -> new bytes (tokenizer files, config.json, generation_config.json)
-    copied: tuple[str, ...]  # names copied unchanged (files and folders)
-    skipped: tuple[str, ...]  # other weight formats, not carried into OUT
-    config_patches: tuple[ConfigPatch, ...]
-    notes: tuple[str, ...]
 
     @property
     def new_rows(self) -> int:
@@ -76,9 +72,6 @@ class TrimPlan:
 
     def addition_counts(self) -> dict[str, int]:
         return {rule: len(ids) for rule, ids in self.additions}
-
-    def tensor_actions(self) -> list[TensorAction]:
-        return [action for shard in self.shards for action in shard.actions]
 
     def totals(self) -> dict[str, int]:
         return action_totals(self.tensor_actions())
@@ -109,7 +102,7 @@ class TrimPlan:
             "rewritten_files": sorted(self.files),
             "copied_files": list(self.copied),
             "skipped_files": list(self.skipped),
-            "config_patches": [{"file": p.file, "key": p.key, "old": p.old, "new": p.new} for p in self.config_patches],
+            "config_patches": self.patches_json(),
             "notes": list(self.notes),
         }
 

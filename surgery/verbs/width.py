@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from surgery.dtypes import columns_cuttable
-from surgery.edit.actions import ShardPlan, TensorAction, other_files
+from surgery.edit.actions import FolderEdit, ShardPlan, TensorAction, other_files
 from surgery.errors import CheckpointError, InputError
-from surgery.formats.hf_folder import CONFIG, Checkpoint, ShardIndex, dump_json
+from surgery.formats.hf_folder import CONFIG, Checkpoint, dump_json
 from surgery.model.config_keys import ConfigPatch
 from surgery.model.layer_config import text_config_path
 from surgery.verbs.layers import DECODER_LAYER, IMPORTANCE_FORMAT
@@ -224,16 +224,8 @@ def tensor_take(name: str, shape: tuple[int, ...], cut: Cut, text: dict) -> tupl
 
 
 @dataclass(frozen=True, slots=True)
-class PrunePlan:
-    src: Path
+class PrunePlan(FolderEdit):
     cut: Cut
-    shards: tuple[ShardPlan, ...]
-    indexes: tuple[ShardIndex, ...]
-    files: dict
-    copied: tuple[str, ...]
-    skipped: tuple[str, ...]
-    config_patches: tuple[ConfigPatch, ...]
-    notes: tuple[str, ...]
     record_name = PRUNE_RECORD
 
     def record(self) -> dict:
@@ -243,9 +235,6 @@ class PrunePlan:
                 "kept_shared_expert_mlp": as_lists(self.cut.shared_mlp),
                 "kept_heads": as_lists(self.cut.heads), "kept_experts": as_lists(self.cut.experts),
                 "kept_hidden": None if self.cut.hidden is None else self.cut.hidden.tolist()}
-
-    def tensor_actions(self) -> list[TensorAction]:
-        return [a for shard in self.shards for a in shard.actions]
 
     def totals(self) -> dict[str, int]:
         actions = self.tensor_actions()
@@ -257,8 +246,7 @@ class PrunePlan:
         return {"source": str(self.src), "sizes": self.cut.sizes, **self.totals(),
                 "tensors": [{"name": a.name, "old_shape": list(a.old_shape), "new_shape": list(a.new_shape)}
                             for a in self.tensor_actions() if a.action == "take"],
-                "config_patches": [{"file": p.file, "key": p.key, "old": p.old, "new": p.new}
-                                   for p in self.config_patches], "notes": list(self.notes)}
+                "config_patches": self.patches_json(), "notes": list(self.notes)}
 
     def describe(self) -> str:
         t = self.totals()
@@ -332,7 +320,8 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
         if text.get("model_type", "").startswith("gemma"):
             notes.append("gemma scales embeddings by sqrt(hidden_size), which now uses the new hidden_size")
     copied, skipped = other_files(ckpt, files, PRUNE_RECORD, vocabulary_changes=False)
-    return PrunePlan(ckpt.root, cut, tuple(shards), ckpt.indexes, files, copied, skipped, tuple(patches), tuple(notes))
+    return PrunePlan(src=ckpt.root, shards=tuple(shards), indexes=ckpt.indexes, files=files, copied=copied,
+                     skipped=skipped, config_patches=tuple(patches), notes=tuple(notes), cut=cut)
 
 
 def check_prune_output(plan: PrunePlan, out: Path) -> None:
