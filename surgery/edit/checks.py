@@ -48,20 +48,25 @@ def _check_config_ids(plan, out: Path, tokenizer: TokenizerFiles) -> str:
     return "config token ids name the same tokens"
 
 
-def _check_shards(plan, out: Path) -> str:
+def reopen_shard(path: Path) -> dict:
+    """A written shard read back by our reader and by safetensors, which must list the same tensors; its entries."""
     import safetensors
 
+    try:
+        written = {e.name: e for e in read_header(path).entries}
+    except CheckpointError as e:
+        raise VerifyError(f"output {e}") from e
+    with safetensors.safe_open(path, framework="numpy") as reopened:
+        if set(reopened.keys()) != set(written):
+            raise VerifyError(f"output {path.name}: safetensors lists other tensors than our reader")
+    return written
+
+
+def _check_shards(plan, out: Path) -> str:
     rng = np.random.default_rng(0)
     sampled = 0
     for shard in plan.shards:
-        try:
-            header = read_header(out / shard.name)
-        except CheckpointError as e:
-            raise VerifyError(f"output {e}") from e
-        written = {e.name: e for e in header.entries}
-        with safetensors.safe_open(out / shard.name, framework="numpy") as reopened:
-            if set(reopened.keys()) != set(written):
-                raise VerifyError(f"output {shard.name}: safetensors lists other tensors than our reader")
+        written = reopen_shard(out / shard.name)
         for action in shard.actions:
             entry = written.get(action.name)
             if entry is None or entry.shape != action.new_shape or entry.dtype != action.dtype:

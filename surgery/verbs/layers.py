@@ -24,7 +24,6 @@ from surgery.formats.hf_folder import (
     ShardIndex,
     dump_json,
 )
-from surgery.formats.safetensors import read_header
 from surgery.model.config_keys import ConfigPatch
 from surgery.model.layer_config import patch_layer_config, text_config_path
 
@@ -209,18 +208,11 @@ def plan_drop_layers(ckpt: Checkpoint, kept: list[int]) -> LayerPlan:
 
 def check_layers_output(plan: LayerPlan, out: Path) -> None:
     """Reopen the written shards with our reader and with safetensors; every tensor equals its source's edges."""
-    import safetensors
-
+    from surgery.edit.checks import reopen_shard
     from surgery.edit.compare import edge_bytes
 
     for shard in plan.shards:
-        try:
-            written = {e.name: e for e in read_header(out / shard.name).entries}
-        except CheckpointError as e:
-            raise VerifyError(f"output {e}") from e
-        with safetensors.safe_open(out / shard.name, framework="numpy") as reopened:
-            if set(reopened.keys()) != set(written):
-                raise VerifyError(f"output {shard.name}: safetensors lists other tensors than our reader")
+        written = reopen_shard(out / shard.name)
         for action in shard.actions:
             entry = written.get(action.name)
             src = action.entry

@@ -149,9 +149,14 @@ def decide_cut(text: dict, importance: dict, name: str, *, intermediate_size: in
     return Cut(mlp, expert_mlp, shared_mlp, heads, hidden, experts, sizes)
 
 
-def _span(units: np.ndarray, width: int) -> np.ndarray:
-    """Rows of units of `width` rows each (heads of head_dim rows)."""
-    return (units[:, None] * width + np.arange(width)[None, :]).ravel()
+def head_rows(heads: np.ndarray, head_dim: int) -> np.ndarray:
+    """The rows of the kept query heads in a q projection (head_dim rows each)."""
+    return (heads[:, None] * head_dim + np.arange(head_dim)[None, :]).ravel()
+
+
+def fused_qkv_rows(q_rows: np.ndarray, n_heads: int, n_kv: int, head_dim: int) -> np.ndarray:
+    """A fused [Q | K | V] projection (Phi-3 qkv_proj, GGUF attn_qkv): the kept Q rows, every K and V row."""
+    return np.concatenate([q_rows, np.arange(n_heads * head_dim, (n_heads + 2 * n_kv) * head_dim)])
 
 
 def _mlp_take(rest: str, neurons: np.ndarray, rows, cols):
@@ -196,11 +201,11 @@ def tensor_take(name: str, shape: tuple[int, ...], cut: Cut, text: dict) -> tupl
         elif rest == "mlp.down_proj.weight":
             cols = neurons
     if layer is not None and cut.heads is not None:
-        q_rows = _span(cut.heads[layer], head_dim)
+        q_rows = head_rows(cut.heads[layer], head_dim)
         if rest in ("self_attn.q_proj.weight", "self_attn.q_proj.bias"):
             rows = q_rows
         elif rest == "self_attn.qkv_proj.weight":
-            rows = np.concatenate([q_rows, np.arange(n_heads * head_dim, (n_heads + 2 * n_kv) * head_dim)])
+            rows = fused_qkv_rows(q_rows, n_heads, n_kv, head_dim)
         elif rest == "self_attn.o_proj.weight":
             cols = q_rows
         elif rest == "self_attn.q_norm.weight" and shape[0] == n_heads * head_dim:  # OLMo-2
@@ -329,20 +334,12 @@ def check_prune_output(plan: PrunePlan, out: Path) -> None:
     their source rows' kept columns, copied tensors' edges equal their source's."""
     import os
 
-    import safetensors
-
+    from surgery.edit.checks import reopen_shard
     from surgery.edit.compare import edge_bytes
     from surgery.errors import VerifyError
-    from surgery.formats.safetensors import read_header
 
     for shard in plan.shards:
-        try:
-            written = {e.name: e for e in read_header(out / shard.name).entries}
-        except CheckpointError as e:
-            raise VerifyError(f"output {e}") from e
-        with safetensors.safe_open(out / shard.name, framework="numpy") as reopened:
-            if set(reopened.keys()) != set(written):
-                raise VerifyError(f"output {shard.name}: safetensors lists other tensors than our reader")
+        written = reopen_shard(out / shard.name)
         for action in shard.actions:
             got, src = written.get(action.name), action.entry
             if got is None or got.shape != action.new_shape or got.dtype != src.dtype:

@@ -27,7 +27,7 @@ from surgery.formats.gguf import (
     read_gguf,
 )
 from surgery.verbs.vocab_gguf import GgufAction, GgufEdit
-from surgery.verbs.width import Cut, decide_cut
+from surgery.verbs.width import Cut, decide_cut, fused_qkv_rows, head_rows
 
 RECORD_KEY = "surgery.prune_record"
 BLOCK = re.compile(r"^blk\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -79,12 +79,12 @@ def gguf_take(name: str, shape: tuple[int, ...], cut: Cut, text: dict, arch: str
         elif rest == "ffn_down.weight":
             cols = neurons
     if layer is not None and cut.heads is not None:
-        q_rows = (cut.heads[layer][:, None] * head_dim + np.arange(head_dim)[None, :]).ravel()
+        q_rows = head_rows(cut.heads[layer], head_dim)
         n_heads, n_kv = text["num_attention_heads"], text["num_key_value_heads"]
         if rest in ("attn_q.weight", "attn_q.bias"):
             rows = q_rows
         elif rest == "attn_qkv.weight":
-            rows = np.concatenate([q_rows, np.arange(n_heads * head_dim, (n_heads + 2 * n_kv) * head_dim)])
+            rows = fused_qkv_rows(q_rows, n_heads, n_kv, head_dim)
         elif rest == "attn_output.weight":
             cols = q_rows
         elif rest == "attn_q_norm.weight" and shape[0] == n_heads * head_dim:
