@@ -8,16 +8,18 @@ The functions live in surgery.api and are imported on first use, so `import surg
 """
 
 __version__ = "0.1.0"
-__all__ = ["trim", "prepare_trim", "drop_layers", "prepare_drop_layers", "keep", "inspect", "verify",
-           "SurgeryError", "CheckpointError", "InputError", "VerifyError"]
+API_FUNCTIONS = ("trim", "prepare_trim", "drop_layers", "prepare_drop_layers", "prune", "prepare_prune", "importance",
+                 "keep", "inspect", "verify")
+ERRORS = ("SurgeryError", "CheckpointError", "InputError", "VerifyError")
+__all__ = [*API_FUNCTIONS, *ERRORS]
 
 
 def __getattr__(name: str):
-    if name in ("SurgeryError", "CheckpointError", "InputError", "VerifyError"):
+    if name in ERRORS:
         from surgery import errors
 
         return getattr(errors, name)
-    if name in __all__:
+    if name in API_FUNCTIONS:
         from surgery import api
 
         return getattr(api, name)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from surgery.edit.staging import check_folder_output, write_folder, write_gguf_verified
 from surgery.errors import InputError
+from surgery.formats.paths import check_source
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
 
@@ -82,6 +83,13 @@ def is_gguf(path: Path) -> bool:
     return Path(path).suffix == ".gguf" and not Path(path).is_dir()
 
 
+def _source(src) -> Path:
+    """The checkpoint path, refused in one line when it is a symlink loop, a pipe or a device."""
+    src = Path(src)
+    check_source(src)
+    return src
+
+
 # ---- trim -----------------------------------------------------------------------------------------------
 
 
@@ -92,7 +100,7 @@ def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, 
 
     `check_output=False` skips the checks on OUT (for a dry run, where nothing is written).
     """
-    src = Path(src)
+    src = _source(src)
     if is_gguf(src):
         if link_unchanged:
             raise InputError("--link-unchanged: a GGUF file is written anew as a whole; there is no unchanged shard")
@@ -189,19 +197,20 @@ def prepare_drop_layers(src, out=None, *, drop: str | None = None, keep_layers: 
         plan_drop_layers,
     )
 
-    src = Path(src)
+    src = _source(src)
     choice = dict(drop=drop, keep_layers=keep_layers, tail=tail, num_layers=num_layers,
                   importance=Path(importance) if importance is not None else None)
     if is_gguf(src):
         from surgery.verbs.layers_gguf import gguf_block_count, plan_gguf_drop_layers
         from surgery.verbs.vocab_gguf import (
             check_gguf_output_path,
+            default_output,
             open_gguf,
         )
 
         parts = open_gguf(src)
-        kept = choose_kept_layers(gguf_block_count(parts[0]), **choice)
-        out = Path(out) if out is not None else src.with_name(f"{src.name.removesuffix('.gguf')}-{len(kept)}layers.gguf")
+        kept = choose_kept_layers(gguf_block_count(parts[0], parts), **choice)
+        out = Path(out) if out is not None else default_output(src, f"{len(kept)}layers")
         if check_output:
             check_gguf_output_path(src, out, force)
         gguf_plan = plan_gguf_drop_layers(parts, kept)
@@ -245,18 +254,19 @@ def prepare_prune(src, importance, out=None, *, intermediate_size: int | None = 
     from surgery.formats.hf_folder import Checkpoint
     from surgery.verbs.width import check_prune_output, load_importance, plan_prune
 
-    src = Path(src)
+    src = _source(src)
     sizes = dict(intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
                  hidden_size=hidden_size, num_experts=num_experts, moe_intermediate_size=moe_intermediate_size,
                  shared_expert_intermediate_size=shared_expert_intermediate_size)
     if is_gguf(src):
         from surgery.verbs.vocab_gguf import (
             check_gguf_output_path,
+            default_output,
             open_gguf,
         )
         from surgery.verbs.width_gguf import plan_gguf_prune
 
-        out = Path(out) if out is not None else src.with_name(f"{src.name.removesuffix('.gguf')}-pruned.gguf")
+        out = Path(out) if out is not None else default_output(src, "pruned")
         if check_output:
             check_gguf_output_path(src, out, force)
         gguf_plan = plan_gguf_prune(open_gguf(src), load_importance(Path(importance)), Path(importance).name, **sizes)
@@ -295,7 +305,7 @@ def importance(src, corpora: Iterable, output=None, **options) -> dict:
     from surgery.mining.importance import compute_importance
 
     specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
-    scores = compute_importance(Path(src), specs, **options)
+    scores = compute_importance(_source(src), specs, **options)
     if output is not None:
         Path(output).write_text(json.dumps(scores) + "\n")
     return scores
@@ -317,7 +327,7 @@ def keep(src, corpora: Iterable, output=None, **options):
     specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
     if not specs:
         raise InputError("keep needs at least one corpus")
-    mined = mine_keep_list(Path(src), specs, **options)
+    mined = mine_keep_list(_source(src), specs, **options)
     if output is not None:
         Path(output).write_text(mined.ids_text())
     return mined
@@ -328,7 +338,7 @@ def inspect(src, keep=None, *, vocab_tensors: tuple[str, ...] = (), not_vocab_te
     `keep`, also the plan a trim would follow (under "plan"). Returns (report, job or None)."""
     from surgery.errors import CheckpointError
 
-    src = Path(src)
+    src = _source(src)
     if is_gguf(src):
         from surgery.reports.gguf_reports import inspect_gguf
         from surgery.verbs.vocab_gguf import open_gguf
@@ -360,7 +370,7 @@ def inspect(src, keep=None, *, vocab_tensors: tuple[str, ...] = (), not_vocab_te
 def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, vocab_tensors: tuple[str, ...] = (),
            not_vocab_tensors: tuple[str, ...] = ()) -> VerifyResult:
     """Prove OUT against its source, byte for byte (folder or GGUF); `.ok` says whether every check passed."""
-    src, out = Path(src), Path(out)
+    src, out = _source(src), _source(out)
     from surgery.verbs.layers import LAYERS_RECORD
     from surgery.verbs.width import PRUNE_RECORD
 

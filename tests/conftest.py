@@ -89,3 +89,33 @@ def make_plan(root, keep=KEEP / "basic.txt", **options):
     ckpt = Checkpoint.open(root)
     vocab = find_vocab_tensors(ckpt)
     return plan_trim(ckpt, vocab, TokenizerFiles.load(root), KeepList.load(keep, vocab.n_rows), **options)
+
+
+def small_gguf(path: Path, extra_kvs=(), blocks=(0, 1)) -> Path:
+    """A Llama GGUF written by our writer: a byte-level BPE tokenizer (258 tokens, two merges), F32 tensors,
+    an attention norm for each of `blocks`."""
+    from surgery.formats.gguf import ARRAY, FLOAT32, INT32, STRING, UINT32, KeyValue, data_offsets, encode_header
+    from surgery.tokenizer.bpe import BYTE_LEVEL_ALPHABET
+
+    tokens = [*BYTE_LEVEL_ALPHABET, "ab", "abc"]
+    n = len(tokens)
+    kvs = [
+        KeyValue("general.architecture", STRING, "llama"),
+        KeyValue("llama.block_count", UINT32, 2),
+        KeyValue("llama.embedding_length", UINT32, 4),
+        KeyValue("tokenizer.ggml.model", STRING, "gpt2"),
+        KeyValue("tokenizer.ggml.tokens", ARRAY, tokens, STRING),
+        KeyValue("tokenizer.ggml.token_type", ARRAY, np.ones(n, np.int32), INT32),
+        KeyValue("tokenizer.ggml.scores", ARRAY, np.zeros(n, np.float32), FLOAT32),
+        KeyValue("tokenizer.ggml.merges", ARRAY, ["a b", "ab c"], STRING),
+        KeyValue("tokenizer.ggml.bos_token_id", UINT32, 0),
+        *extra_kvs,
+    ]
+    tensors = [("token_embd.weight", (4, n)), *((f"blk.{b}.attn_norm.weight", (4,)) for b in blocks)]
+    nbytes = [4 * int(np.prod(ne)) for _, ne in tensors]
+    offsets = data_offsets(nbytes, 32)
+    header = encode_header(3, kvs, [(name, ne, 0, o) for (name, ne), o in zip(tensors, offsets)], 32)
+    data = bytearray(offsets[-1] + nbytes[-1])
+    data[:] = np.random.default_rng(0).standard_normal(len(data) // 4).astype(np.float32).tobytes()
+    path.write_bytes(header + bytes(data))
+    return path

@@ -403,3 +403,31 @@ def test_full_disk_names_the_file_and_leaves_nothing(copy_fixture, tmp_path, mon
                              "device); nothing was written, the output folder was not created\n")
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
     assert snapshot(src) == before
+
+
+def test_paths_that_are_not_files_or_folders(runner, copy_fixture, tmp_path):
+    """A symlink loop, a pipe (which would block), a GGUF output naming a folder, a pipe inside the folder: one
+    line each, nothing written, nothing left."""
+    import os
+
+    src = copy_fixture("llama-untied")
+    keep = ["--keep", KEEP / "basic.txt"]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    refuse(runner, tmp_path / "loop", keep, 1, f"{tmp_path / 'loop'}: cannot read: Too many levels of symbolic links")
+    refuse(runner, src, keep, 2, f"{tmp_path / 'loop'}: cannot be used as the output: Too many levels of symbolic "
+           "links", out=tmp_path / "loop")
+    os.mkfifo(tmp_path / "pipe.gguf")
+    refuse(runner, tmp_path / "pipe.gguf", keep, 1, f"{tmp_path / 'pipe.gguf'}: not a regular file or folder")
+    (src / "config.json").unlink()
+    os.mkfifo(src / "config.json")
+    refuse(runner, src, keep, 1, f"{src / 'config.json'}: not a regular file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama-untied", "loop", "pipe.gguf"]
+
+
+def test_split_gguf_names_refused_in_one_short_line(runner, tmp_path):
+    first = tmp_path / "x-00001-of-99999.gguf"
+    first.write_bytes(b"GGUF")
+    result = runner.invoke(cli, ["trim", str(first), "--keep", str(KEEP / "basic.txt")])
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: x-00001-of-99999.gguf: 99998 of 99999 split parts missing: x-00002-of-99999.gguf, "
+                             "x-00003-of-99999.gguf, x-00004-of-99999.gguf and 99995 more\n")

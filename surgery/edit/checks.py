@@ -95,6 +95,8 @@ def _check_config(plan, out: Path) -> str:
             new_keys = vocab_size_keys(config, plan.new_rows, name)
         except CheckpointError as e:
             raise VerifyError(f"output {e}") from e
+        if name == "config.json" and not new_keys:
+            raise VerifyError(f"output {name}: no vocab_size equals the {plan.new_rows} rows written")
         if old_keys and new_keys != old_keys:
             raise VerifyError(f"output {name}: {', '.join(old_keys)} must all be the {plan.new_rows} rows written")
     return f"config vocab_size = {plan.new_rows}"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from surgery.errors import InputError
+from surgery.formats.paths import check_output_target
 
 LOG = logging.getLogger("surgery")
 PARTIAL = ".partial-"
@@ -47,6 +48,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def check_folder_output(src: Path, out: Path, force: bool) -> None:
+    check_output_target(out)
     src_resolved, dst = src.resolve(), out.resolve()
     if dst == src_resolved or src_resolved in dst.parents:
         raise InputError(f"{out}: output must not be CKPT or inside it (CKPT is never written to)")
@@ -88,16 +90,18 @@ def write_gguf_verified(plan, out: Path, progress) -> list[Path]:
 
     targets = plan.output_paths(out)
     for target in targets:
+        if target.is_dir() or (target.exists() and not target.is_file()):
+            raise InputError(f"{target}: exists and is not a regular file; a GGUF output is a file")
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(target)
     partials = [partial_path(target) for target in targets]
     try:
         write_gguf_plan(plan, partials, progress)
         plan.check_output(partials)
+        for partial, target in zip(partials, targets):
+            os.replace(partial, target)
     except BaseException:
         for partial in partials:
             partial.unlink(missing_ok=True)
         raise
-    for partial, target in zip(partials, targets):
-        os.replace(partial, target)
     return targets

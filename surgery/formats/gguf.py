@@ -10,6 +10,7 @@ info order. Our own reader: gguf-py parses arrays element by element (seconds fo
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import struct
@@ -20,6 +21,7 @@ import numpy as np
 
 from surgery.dtypes import GGML_TYPES, INTERLEAVED_TYPES
 from surgery.errors import CheckpointError
+from surgery.formats.paths import open_regular
 
 MAGIC = b"GGUF"
 _U64 = struct.Struct("<Q")
@@ -85,6 +87,23 @@ class GgufFile:
         kv = self.kvs.get(key)
         return default if kv is None else kv.value
 
+    def integer(self, key: str, layer: int | None = None) -> int | None:
+        """An integer key (or the entry of a per-layer integer array); None when absent; refused when the
+        value has another type, as llama.cpp refuses it."""
+        kv = self.kvs.get(key)
+        if kv is None:
+            return None
+        kind = kv.subtype if kv.type == ARRAY else kv.type
+        if kind not in INTEGER_TYPES or (kv.type == ARRAY and not len(kv.value)):
+            raise CheckpointError(f"{self.path.name}: key '{key}' is {type_name(kv.type, kv.subtype)}; llama.cpp "
+                                  "requires an integer")
+        if kv.type == ARRAY:
+            if layer is not None and not 0 <= layer < len(kv.value):
+                raise CheckpointError(f"{self.path.name}: key '{key}' has {len(kv.value)} entries, no entry for "
+                                      f"layer {layer}")
+            return int(kv.value[layer or 0])
+        return int(kv.value)
+
 
 def tensor_nbytes(ggml_type: int, ne: tuple[int, ...], where: str) -> int:
     if ggml_type in INTERLEAVED_TYPES:
@@ -101,18 +120,51 @@ def tensor_nbytes(ggml_type: int, ne: tuple[int, ...], where: str) -> int:
     return n // block * block_nbytes
 
 
-class _NeedMore(Exception):
-    """The header runs past the bytes read so far: read more of the file and parse again."""
+# Bounds checked before anything is allocated, so that memory stays flat whatever a header claims. llama.cpp
+# (ggml/src/gguf.cpp) caps a string and an array at 1 GiB and checks both against the bytes that remain; no
+# released file comes near our lower caps (a 262k vocabulary is ~4 MB of strings, tokenizer.json ~33 MB).
+MAX_STRING_NBYTES = 256 * 2**20
+MAX_ARRAY_ITEMS = 2**24
+MAX_TENSORS = 2**18
+MAX_KVS = 2**16
+MIN_KV_NBYTES = 8 + 4 + 1  # key length, value type, the smallest value
+MIN_TENSOR_INFO_NBYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+INTEGER_TYPES = (UINT8, INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64)
+# the types llama.cpp demands of the keys surgery reads (gguf.cpp for alignment; llama-vocab.cpp, llama-arch.cpp
+# and gguf-py's writer for the others): (value type, element type of an array)
+KEY_TYPES = {
+    ALIGNMENT_KEY: (UINT32, None),
+    "general.architecture": (STRING, None),
+    "tokenizer.ggml.model": (STRING, None),
+    "tokenizer.ggml.tokens": (ARRAY, STRING),
+    "tokenizer.ggml.scores": (ARRAY, FLOAT32),
+    "tokenizer.ggml.token_type": (ARRAY, INT32),
+    "tokenizer.ggml.merges": (ARRAY, STRING),
+    SPLIT_NO: (UINT16, None),
+    SPLIT_COUNT: (UINT16, None),
+    SPLIT_TENSORS: (INT32, None),
+}
+TYPE_NAMES = ("u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64")
+
+
+def type_name(kind: int, subtype: int | None = None) -> str:
+    name = TYPE_NAMES[kind] if 0 <= kind < len(TYPE_NAMES) else f"type {kind}"
+    if kind == ARRAY and subtype is not None:
+        name += f" of {TYPE_NAMES[subtype] if 0 <= subtype < len(TYPE_NAMES) else f'type {subtype}'}"
+    return name
 
 
 class _Reader:
-    def __init__(self, path: Path, buffer: bytes, file_size: int) -> None:
-        self.path, self.buf, self.pos, self.file_size = path, memoryview(buffer), 0, file_size
+    """Reads a header from a buffer that holds the whole file (a memory map: pages are read as they are touched)."""
+
+    def __init__(self, path: Path, buffer) -> None:
+        self.path, self.buf, self.pos = path, memoryview(buffer), 0
+
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
 
     def take(self, n: int) -> memoryview:
-        if self.pos + n > len(self.buf):
-            if len(self.buf) < self.file_size:
-                raise _NeedMore
+        if n > self.remaining():
             raise CheckpointError(f"{self.path.name}: truncated GGUF header (needs {self.pos + n} bytes, file has "
                                   f"{len(self.buf)})")
         view = self.buf[self.pos : self.pos + n]
@@ -122,10 +174,25 @@ class _Reader:
     def scalar(self, fmt: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
+    def count(self, what: str, limit: int, min_item_nbytes: int) -> int:
+        """A u64 count, checked against `limit` and against the bytes left (each item takes at least
+        `min_item_nbytes`) before anything of that size is allocated."""
+        n = self.scalar("<Q")
+        if n > limit:
+            raise CheckpointError(f"{self.path.name}: {what} count {n} is over the limit of {limit}")
+        if n * min_item_nbytes > self.remaining():
+            raise CheckpointError(f"{self.path.name}: {what} count {n} does not fit in the {self.remaining()} bytes "
+                                  "left in the file (truncated or damaged header)")
+        return n
+
     def string(self) -> str:
         n = self.scalar("<Q")
+        if n > MAX_STRING_NBYTES or n > self.remaining():
+            raise CheckpointError(f"{self.path.name}: a string at byte {self.pos - 8} claims {n} bytes, more than "
+                                  + ("the limit of 256 MiB" if n > MAX_STRING_NBYTES else
+                                     f"the {self.remaining()} bytes left in the file"))
         try:
-            return bytes(self.take(n)).decode("utf-8")
+            return str(self.take(n), "utf-8")
         except UnicodeDecodeError as e:
             raise CheckpointError(f"{self.path.name}: a string at byte {self.pos - n} is not UTF-8") from e
 
@@ -139,13 +206,13 @@ class _Reader:
             for _ in range(count):
                 n = unpack(buf, pos)[0]
                 pos += 8
-                if pos + n > end:
+                if pos + n > end or n > MAX_STRING_NBYTES:
                     raise struct.error
                 append(str(buf[pos : pos + n], "utf-8"))
                 pos += n
         except struct.error:
-            self.pos = end + 1
-            self.take(0)  # raises the truncation error (or asks for more bytes)
+            raise CheckpointError(f"{self.path.name}: truncated GGUF header (a string array runs past the end of "
+                                  f"the file at byte {pos})") from None
         except UnicodeDecodeError as e:
             raise CheckpointError(f"{self.path.name}: a string at byte {pos} is not UTF-8") from e
         self.pos = pos
@@ -155,49 +222,56 @@ class _Reader:
         if kind == STRING:
             return self.string(), None
         if kind == ARRAY:
-            subtype, count = self.scalar("<I"), self.scalar("<Q")
+            subtype = self.scalar("<I")
             if subtype == STRING:
-                return self.strings(count), subtype
+                return self.strings(self.count(f"key '{key}': array", MAX_ARRAY_ITEMS, 8)), subtype
             if subtype not in NUMERIC:
                 raise CheckpointError(f"{self.path.name}: key '{key}' is an array of unsupported type {subtype}")
             dtype = np.dtype(NUMERIC[subtype])
+            count = self.count(f"key '{key}': array", MAX_ARRAY_ITEMS, dtype.itemsize)
             return np.frombuffer(self.take(count * dtype.itemsize), dtype).copy(), subtype
         if kind not in NUMERIC:
             raise CheckpointError(f"{self.path.name}: key '{key}' has unknown value type {kind}")
         return np.frombuffer(self.take(np.dtype(NUMERIC[kind]).itemsize), NUMERIC[kind])[0].item(), None
 
 
-HEADER_READ_NBYTES = 16 * 2**20  # the first read, grown until the header fits (a 152k vocabulary with merges: ~6 MB)
-
-
 def read_gguf(path: Path) -> GgufFile:
     """Parse header, metadata and tensor infos; check that the data offsets are the ones llama.cpp expects.
 
-    The header is read into memory (never the tensor data), growing the read until it fits.
+    The file is memory-mapped, so only the header's pages are ever read, never the tensor data, and nothing is
+    allocated from a count or a length before it is checked against the bytes that remain.
     """
+    path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size < 24:
                 raise CheckpointError(f"{path.name}: too short to be a GGUF file ({size} bytes)")
-            nbytes = HEADER_READ_NBYTES
-            while True:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                reader = _Reader(path, mapped)
                 try:
-                    return _parse(path, os.pread(f.fileno(), min(nbytes, size), 0), size)
-                except _NeedMore:
-                    nbytes *= 4
+                    return _parse(path, reader, size)
+                finally:
+                    reader.buf.release()
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from e
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from e
 
 
-def _parse(path: Path, buf: bytes, size: int) -> GgufFile:
-    reader = _Reader(path, buf, size)
+def _check_key_type(path: Path, kv: KeyValue) -> None:
+    wanted = KEY_TYPES.get(kv.key)
+    if wanted is not None and (kv.type, kv.subtype if kv.type == ARRAY else None) != wanted:
+        raise CheckpointError(f"{path.name}: key '{kv.key}' is {type_name(kv.type, kv.subtype)}; llama.cpp requires "
+                              f"{type_name(*wanted)}")
+
+
+def _parse(path: Path, reader: _Reader, size: int) -> GgufFile:
     if bytes(reader.take(4)) != MAGIC:
-        raise CheckpointError(f"{path.name}: not a GGUF file (magic {bytes(buf[:4])!r})")
+        raise CheckpointError(f"{path.name}: not a GGUF file (magic {bytes(reader.buf[:4])!r})")
     version = reader.scalar("<I")
     if version not in (2, 3):
         raise CheckpointError(f"{path.name}: GGUF version {version} is not supported (2, 3)")
-    n_tensors, n_kv = reader.scalar("<Q"), reader.scalar("<Q")
+    n_tensors = reader.count("tensor", MAX_TENSORS, MIN_TENSOR_INFO_NBYTES)
+    n_kv = reader.count("key-value", MAX_KVS, MIN_KV_NBYTES)
     kvs: dict[str, KeyValue] = {}
     for _ in range(n_kv):
         key = reader.string()
@@ -206,9 +280,13 @@ def _parse(path: Path, buf: bytes, size: int) -> GgufFile:
         if key in kvs:
             raise CheckpointError(f"{path.name}: key '{key}' appears twice")
         kvs[key] = KeyValue(key, kind, value, subtype)
-    infos = []
+        _check_key_type(path, kvs[key])
+    infos, names = [], set()
     for _ in range(n_tensors):
         name = reader.string()
+        if name in names:
+            raise CheckpointError(f"{path.name}: tensor '{name}' appears twice")
+        names.add(name)
         n_dims = reader.scalar("<I")
         if n_dims > 4:
             raise CheckpointError(f"{path.name}: tensor '{name}' has {n_dims} dimensions (at most 4)")
@@ -221,11 +299,14 @@ def _parse(path: Path, buf: bytes, size: int) -> GgufFile:
     header_end = -(-infos_end // alignment) * alignment
     tensors, expected = [], 0
     for name, ne, ggml_type, offset in infos:
-        nbytes = tensor_nbytes(ggml_type, ne, f"{path.name}: tensor '{name}'")
+        where = f"{path.name}: tensor '{name}'"
+        if any(d >= 2**63 for d in ne):
+            raise CheckpointError(f"{where}: a dimension of {max(ne)} elements")
+        nbytes = tensor_nbytes(ggml_type, ne, where)
         if offset != expected:
-            raise CheckpointError(f"{path.name}: tensor '{name}' is at data offset {offset}, expected {expected}")
+            raise CheckpointError(f"{where} is at data offset {offset}, expected {expected}")
         if header_end + offset + nbytes > size:
-            raise CheckpointError(f"{path.name}: tensor '{name}' runs past the end of the file")
+            raise CheckpointError(f"{where} runs past the end of the file")
         tensors.append(GgufTensor(name, ggml_type, ne, path, header_end + offset, nbytes))
         expected = offset + -(-nbytes // alignment) * alignment
     return GgufFile(path, version, kvs, tensors, alignment, header_end)

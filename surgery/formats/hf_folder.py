@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from surgery.errors import CheckpointError
+from surgery.formats.paths import open_regular
 from surgery.formats.safetensors import ShardHeader, TensorEntry, read_header
 
 SINGLE_SHARD = "model.safetensors"
@@ -176,10 +177,11 @@ def _check_index_matches(index_file: str, weight_map: dict[str, str], shards: li
 
 def load_json(path: Path, *, missing_hint: str | None = None):
     """Parse a JSON file, raising CheckpointError (never a traceback) for a missing or malformed one."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: file not found", hint=missing_hint)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: file not found", hint=missing_hint) from e
+        with open_regular(path) as f:
+            text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: cannot read: {e}") from e
     try:

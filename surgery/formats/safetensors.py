@@ -17,6 +17,7 @@ import numpy as np
 
 from surgery.dtypes import DTYPE_BITS, whole_bytes
 from surgery.errors import CheckpointError
+from surgery.formats.paths import open_regular
 
 DTYPE_RANK = {dtype: rank for rank, dtype in enumerate(DTYPE_BITS)}
 MAX_HEADER_NBYTES = 100 * 1024 * 1024  # the safetensors library refuses larger headers too
@@ -73,8 +74,8 @@ def read_header(path: Path) -> ShardHeader:
     """Parse and validate a shard header; raise CheckpointError naming the file and the problem."""
     name = path.name
     try:
-        file_nbytes = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            file_nbytes = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise CheckpointError(f"{name}: file is {file_nbytes} bytes, too short for a safetensors header")

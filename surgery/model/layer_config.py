@@ -17,22 +17,17 @@ from __future__ import annotations
 import copy
 
 from surgery.errors import CheckpointError
+from surgery.model.config_defaults import TEXT_DEFAULTS, ensure_node, size, text_path, text_view
 from surgery.model.config_keys import ConfigPatch
 
-TEXT_CONFIG_KEYS = ("text_config", "language_config", "llm_config")
 PER_LAYER_LISTS = ("layer_types", "no_rope_layers", "intermediate_size", "num_attention_heads",
                    "num_key_value_heads", "sliding_window_pattern_list", "swa_layers")
 ALTERNATING = ("gemma2", "gpt_oss", "cohere2")  # sliding on even layers, full on odd ones, when not listed
 
 
 def text_config_path(config: dict) -> tuple[str, ...]:
-    """Where num_hidden_layers lives: the top level, or a nested text config (multimodal models)."""
-    if "num_hidden_layers" in config:
-        return ()
-    for key in TEXT_CONFIG_KEYS:
-        if isinstance(config.get(key), dict) and "num_hidden_layers" in config[key]:
-            return (key,)
-    raise CheckpointError("config.json: no num_hidden_layers (nor in text_config)")
+    """Where the layers are described: the top level, or a nested text config (multimodal models)."""
+    return text_path(config)
 
 
 def original_layer_types(text: dict, n_layers: int) -> list[str] | None:
@@ -42,7 +37,7 @@ def original_layer_types(text: dict, n_layers: int) -> list[str] | None:
     model_type = text.get("model_type", "")
     if model_type in ALTERNATING:
         return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
-    pattern = text.get("sliding_window_pattern")
+    pattern = text.get("sliding_window_pattern", TEXT_DEFAULTS.get(model_type, {}).get("sliding_window_pattern"))
     if model_type.startswith("gemma3") and isinstance(pattern, int) and pattern > 0:
         return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)]
     if text.get("use_sliding_window") and isinstance(text.get("max_window_layers"), int):
@@ -53,12 +48,10 @@ def original_layer_types(text: dict, n_layers: int) -> list[str] | None:
 def patch_layer_config(file: str, config: dict, kept: list[int]) -> tuple[dict, list[ConfigPatch], list[str]]:
     """The config for a model of the kept layers (original indices, ascending); the changes; notes."""
     new_config = copy.deepcopy(config)
-    path = text_config_path(config)
-    text = new_config
-    for key in path:
-        text = text[key]
+    path, view = text_view(config)
+    text = ensure_node(new_config, path)
     prefix = "".join(f"{key}." for key in path)
-    n_layers = text["num_hidden_layers"]
+    n_layers = size(view, "num_hidden_layers", file, prefix)
     patches: list[ConfigPatch] = []
     notes: list[str] = []
 
@@ -68,11 +61,11 @@ def patch_layer_config(file: str, config: dict, kept: list[int]) -> tuple[dict, 
             text[key] = value
             patches.append(ConfigPatch(file, prefix + key, old, value))
 
-    types = original_layer_types(text, n_layers)
+    types = original_layer_types(view, n_layers)
     set_key("num_hidden_layers", len(kept))
     if types is not None:
         new_types = [types[i] for i in kept]
-        derived = original_layer_types({**text, "layer_types": None, "num_hidden_layers": len(kept)}, len(kept))
+        derived = original_layer_types({**view, "layer_types": None, "num_hidden_layers": len(kept)}, len(kept))
         if "layer_types" in text or derived != new_types:
             set_key("layer_types", new_types)
         if isinstance(text.get("max_window_layers"), int):

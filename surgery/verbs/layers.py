@@ -25,7 +25,8 @@ from surgery.formats.hf_folder import (
     dump_json,
 )
 from surgery.model.config_keys import ConfigPatch
-from surgery.model.layer_config import patch_layer_config, text_config_path
+from surgery.model.config_defaults import size, text_view
+from surgery.model.layer_config import patch_layer_config
 
 LAYERS_RECORD = "surgery_drop_layers.json"
 IMPORTANCE_FORMAT = "surgery-importance/1"
@@ -145,10 +146,8 @@ def _ranges(ids: list[int]) -> str:
 
 def count_layers(ckpt: Checkpoint) -> int:
     if CONFIG in ckpt.configs:
-        node = ckpt.configs[CONFIG]
-        for key in text_config_path(node):
-            node = node[key]
-        return int(node["num_hidden_layers"])
+        path, view = text_view(ckpt.configs[CONFIG])
+        return size(view, "num_hidden_layers", CONFIG, "".join(f"{key}." for key in path))
     return int(ckpt.configs[NATIVE_CONFIG]["n_layers"])
 
 

@@ -33,13 +33,21 @@ def _arch(gguf: GgufFile) -> str:
     return str(arch)
 
 
-def gguf_block_count(gguf: GgufFile) -> int:
-    """The decoder layers: block_count without the multi-token-prediction blocks stored after them."""
+def gguf_block_count(gguf: GgufFile, parts: list[GgufFile] | None = None) -> int:
+    """The decoder layers: block_count without the multi-token-prediction blocks stored after them. Both counts
+    must be integers, and block_count must name the blocks the tensors hold (`blk.0` .. `blk.{n-1}`)."""
     arch = _arch(gguf)
-    count = gguf.get(f"{arch}.block_count")
+    count_key, nextn_key = f"{arch}.block_count", f"{arch}.nextn_predict_layers"
+    count = gguf.integer(count_key)
     if count is None:
-        raise CheckpointError(f"{gguf.path.name}: no {arch}.block_count in its metadata")
-    return int(count) - int(gguf.get(f"{arch}.nextn_predict_layers", 0) or 0)
+        raise CheckpointError(f"{gguf.path.name}: no {count_key} in its metadata")
+    nextn = gguf.integer(nextn_key) or 0
+    blocks = {int(m["index"]) for part in (parts or [gguf]) for t in part.tensors if (m := BLOCK.match(t.name))}
+    if count != (max(blocks) + 1 if blocks else 0) or not 0 <= nextn <= count:
+        raise CheckpointError(f"{gguf.path.name}: {count_key} is {count}{f' ({nextn_key} {nextn})' if nextn else ''}"
+                              f", but the tensors hold {len(blocks)} blocks"
+                              + (f" (blk.{min(blocks)} to blk.{max(blocks)})" if blocks else ""))
+    return count - nextn
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +94,7 @@ class GgufLayerPlan(GgufEdit):
 def plan_gguf_drop_layers(parts: list[GgufFile], kept: list[int]) -> GgufLayerPlan:
     first = parts[0]
     arch = _arch(first)
-    n_layers = gguf_block_count(first)
+    n_layers = gguf_block_count(first, parts)
     n_blocks = int(first.get(f"{arch}.block_count"))
     blocks = kept + list(range(n_layers, n_blocks))  # the kept decoder blocks, then the MTP blocks
     new_index = {old: new for new, old in enumerate(blocks)}

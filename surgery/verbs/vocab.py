@@ -17,13 +17,16 @@ from surgery.edit.actions import (
 )
 from surgery.errors import CheckpointError, InputError
 from surgery.formats.hf_folder import (
+    CONFIG,
     GENERATION_CONFIG,
     Checkpoint,
     dump_json,
     load_json,
 )
+from surgery.model.config_defaults import ensure_node, unset_vocab_size
 from surgery.model.config_keys import (
     VOCAB_SIZE_KEYS,
+    ConfigPatch,
     named_token_ids,
     patch_config,
     vocab_size_keys,
@@ -177,8 +180,11 @@ def plan_trim(
                          f"row (ids {n_rows}..{n_tokens - 1}), which must follow the last row; padding rows would "
                          "take their ids")
     notes = list(vocab.notes)
+    # a config that leaves vocab_size to its class default gets the new size written where the class reads it
+    unset_keys = {name: unset_vocab_size(config, n_rows, name) for name, config in ckpt.configs.items()
+                  if not vocab_keys[name] and name == CONFIG}
     for name, keys in vocab_keys.items():
-        if not keys:
+        if not keys and name not in unset_keys:
             notes.append(f"{name} has no vocab_size equal to the embedding rows; none patched")
     user_ids = {i for i in keep.ids if i < min(n_tokens, n_rows)}
     past_tokens = [i for i in keep.ids if n_tokens <= i]
@@ -202,6 +208,10 @@ def plan_trim(
     patches = []
     for name, config in ckpt.configs.items():
         new_config, config_patches = patch_config(name, config, old_to_new, sizes)
+        if name in unset_keys:
+            path, key = tuple(unset_keys[name].split(".")[:-1]), "vocab_size"
+            ensure_node(new_config, path)[key] = len(row_source)
+            config_patches.append(ConfigPatch(name, unset_keys[name], None, len(row_source)))
         files[name] = dump_json(new_config)
         patches += config_patches
     if generation is not None:

@@ -21,6 +21,8 @@ import numpy as np
 from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.formats.gguf import (
     SPLIT_COUNT,
+    SPLIT_NAME,
+    SPLIT_NO,
     STRING,
     GgufFile,
     GgufTensor,
@@ -30,6 +32,7 @@ from surgery.formats.gguf import (
     split_paths,
     tensor_nbytes,
 )
+from surgery.formats.paths import check_output_target
 from surgery.model.vocab_tensors import Role
 from surgery.tokenizer.gguf_vocab import GgufVocab, pad_token_names
 from surgery.verbs.keep_list import KeepList
@@ -69,14 +72,28 @@ class GgufAction:
 
 
 def open_gguf(src: Path) -> list[GgufFile]:
-    """Every part of a (possibly split) GGUF file."""
+    """Every part of a (possibly split) GGUF file, each numbered as llama.cpp demands (split.no = its index,
+    split.count = the parts), no tensor name twice across them."""
     paths = split_paths(src)
     missing = [p.name for p in paths if not p.exists()]
     if missing:
-        raise CheckpointError(f"{src.name}: split part(s) missing: {', '.join(missing)}")
+        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise CheckpointError(f"{src.name}: {len(missing)} of {len(paths)} split parts missing: {listed}")
     parts = [read_gguf(p) for p in paths]
-    if len(parts) > 1 and parts[0].get(SPLIT_COUNT) != len(parts):
-        raise CheckpointError(f"{src.name}: {SPLIT_COUNT} is {parts[0].get(SPLIT_COUNT)}, but {len(parts)} parts")
+    if len(parts) > 1:
+        for index, part in enumerate(parts):
+            if part.get(SPLIT_COUNT) != len(parts):
+                raise CheckpointError(f"{part.path.name}: {SPLIT_COUNT} is {part.get(SPLIT_COUNT)}, but "
+                                      f"{len(parts)} parts")
+            if part.get(SPLIT_NO) != index:
+                raise CheckpointError(f"{part.path.name}: {SPLIT_NO} is {part.get(SPLIT_NO)}; part {index + 1} of "
+                                      f"{len(parts)} must say {index}")
+    seen: dict[str, str] = {}
+    for part in parts:
+        for tensor in part.tensors:
+            if tensor.name in seen:
+                raise CheckpointError(f"{part.path.name}: tensor '{tensor.name}' is also in {seen[tensor.name]}")
+            seen[tensor.name] = part.path.name
     return parts
 
 
@@ -293,17 +310,28 @@ def check_keep_range(keep_path: Path, parts: list[GgufFile]) -> KeepList:
     return KeepList.load(keep_path, n_vocab)
 
 
-def default_output(src: Path) -> Path:
-    match = re.match(r"^(?P<stem>.*)-\d{5}-of-(?P<count>\d{5})\.gguf$", src.name)
+def default_output(src: Path, tag: str = "trimmed") -> Path:
+    """`m.gguf` -> `m-TAG.gguf`; a split `m-00001-of-00003.gguf` -> `m-TAG-00001-of-00003.gguf`."""
+    match = SPLIT_NAME.match(src.name)
     if match:
-        return src.with_name(f"{match['stem']}-trimmed-00001-of-{match['count']}.gguf")
-    return src.with_name(f"{src.name.removesuffix('.gguf')}-trimmed.gguf")
+        return src.with_name(f"{match['stem']}-{tag}-00001-of-{match['count']}.gguf")
+    return src.with_name(f"{src.name.removesuffix('.gguf')}-{tag}.gguf")
+
+
+def check_file_target(target: Path) -> None:
+    """An output file may replace a file (with --force), never a directory, a pipe or a device."""
+    if target.is_dir():
+        raise InputError(f"{target}: is a directory; a GGUF output is a file", hint="name a file ending in .gguf")
+    if target.exists() and not target.is_file():
+        raise InputError(f"{target}: exists and is not a regular file")
 
 
 def check_gguf_output_path(src: Path, out: Path, force: bool) -> None:
     if not out.name.endswith(".gguf"):
         raise InputError(f"{out}: a GGUF output must end in .gguf")
+    check_output_target(out)
     if out.resolve() == src.resolve():
         raise InputError(f"{out}: output must not be the source (the source is never written to)")
+    check_file_target(out)
     if out.exists() and not force:
         raise InputError(f"{out}: already exists", hint="pass --force to replace it")

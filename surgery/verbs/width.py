@@ -21,7 +21,7 @@ from surgery.edit.actions import FolderEdit, ShardPlan, TensorAction, other_file
 from surgery.errors import CheckpointError, InputError
 from surgery.formats.hf_folder import CONFIG, Checkpoint, dump_json
 from surgery.model.config_keys import ConfigPatch
-from surgery.model.layer_config import text_config_path
+from surgery.model.config_defaults import SIZE_KEYS, ensure_node, size, text_view
 from surgery.verbs.layers import DECODER_LAYER, IMPORTANCE_FORMAT
 
 PRUNE_RECORD = "surgery_prune.json"
@@ -270,10 +270,11 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
     if CONFIG not in ckpt.configs:
         raise CheckpointError(f"{ckpt.root.name}: prune needs config.json")
     config = ckpt.configs[CONFIG]
-    path = text_config_path(config)
-    text = config
-    for key in path:
-        text = text[key]
+    path, text = text_view(config)
+    prefix = "".join(f"{key}." for key in path)
+    # every size the cut reads, from the config or its family's defaults (refused when neither settles it)
+    text = {**text, **{key: size(text, key, CONFIG, prefix) for key in SIZE_KEYS if key != "vocab_size"
+                       and (key not in ("intermediate_size",) or "intermediate_size" in text)}}
     if "quantization_config" in config:
         raise CheckpointError(f"{ckpt.root.name}: a quantized checkpoint ({config['quantization_config'].get('quant_method', '?')}"
                               "): its packed weights cannot be cut; prune before quantizing")
@@ -310,11 +311,12 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
                                         None, None, source, rows, cols, entry=entry))
         shards.append(ShardPlan(shard.path.name, shard.metadata, tuple(actions), True))
     new_config = copy.deepcopy(config)
-    node = new_config
-    for key in path:
-        node = node[key]
+    node = ensure_node(new_config, path)
     patches = []
-    for key, value in cut.sizes.items():
+    written = dict(cut.sizes)
+    if cut.heads is not None:  # a derived kv-head count (= the old head count) must not follow the new one
+        written.setdefault("num_key_value_heads", text["num_key_value_heads"])
+    for key, value in written.items():
         if node.get(key) != value:
             patches.append(ConfigPatch(CONFIG, "".join(f"{k}." for k in path) + key, node.get(key), value))
             node[key] = value

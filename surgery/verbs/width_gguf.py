@@ -26,6 +26,7 @@ from surgery.formats.gguf import (
     KeyValue,
     read_gguf,
 )
+from surgery.verbs.layers_gguf import gguf_block_count
 from surgery.verbs.vocab_gguf import GgufAction, GgufEdit
 from surgery.verbs.width import Cut, decide_cut, fused_qkv_rows, head_rows
 
@@ -39,23 +40,23 @@ INPUT_PROJECTIONS = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qk
 
 
 def _get(gguf: GgufFile, key: str, layer: int | None = None):
-    value = gguf.get(key)
-    if isinstance(value, (list, np.ndarray)):
-        return int(value[layer or 0])
-    return value
+    return gguf.integer(key, layer)
 
 
 def _text_view(gguf: GgufFile, arch: str) -> dict:
     """The sizes the cut needs, named as in a Hugging Face config."""
     n_heads = _get(gguf, f"{arch}.attention.head_count")
-    hidden = gguf.get(f"{arch}.embedding_length")
-    text = {"num_hidden_layers": int(gguf.get(f"{arch}.block_count")), "hidden_size": hidden,
+    hidden = gguf.integer(f"{arch}.embedding_length")
+    if not n_heads or not hidden:
+        raise CheckpointError(f"{gguf.path.name}: no {arch}.attention.head_count or {arch}.embedding_length in its "
+                              "metadata")
+    text = {"num_hidden_layers": gguf.integer(f"{arch}.block_count"), "hidden_size": hidden,
             "intermediate_size": _get(gguf, f"{arch}.feed_forward_length"), "num_attention_heads": n_heads,
             "num_key_value_heads": _get(gguf, f"{arch}.attention.head_count_kv") or n_heads,
-            "head_dim": gguf.get(f"{arch}.attention.key_length") or hidden // n_heads}
-    if gguf.get(f"{arch}.expert_count"):
-        text["num_experts"] = gguf.get(f"{arch}.expert_count")
-        text["num_experts_per_tok"] = gguf.get(f"{arch}.expert_used_count") or 1
+            "head_dim": gguf.integer(f"{arch}.attention.key_length") or hidden // n_heads}
+    if gguf.integer(f"{arch}.expert_count"):
+        text["num_experts"] = gguf.integer(f"{arch}.expert_count")
+        text["num_experts_per_tok"] = gguf.integer(f"{arch}.expert_used_count") or 1
     return text
 
 
@@ -142,8 +143,7 @@ class GgufPrunePlan(GgufEdit):
 def plan_gguf_prune(parts: list[GgufFile], importance: dict, importance_name: str, **sizes) -> GgufPrunePlan:
     first = parts[0]
     arch = str(first.get("general.architecture") or "")
-    if f"{arch}.block_count" not in first.kvs:
-        raise CheckpointError(f"{first.path.name}: no {arch}.block_count in its metadata")
+    gguf_block_count(first, parts)  # an integer naming the blocks the tensors hold
     text = _text_view(first, arch)
     if sizes.get("moe_intermediate_size") or sizes.get("shared_expert_intermediate_size"):
         raise InputError(f"{first.path.name}: pruning expert neurons of a GGUF file is not supported (its experts "

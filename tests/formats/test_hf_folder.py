@@ -6,6 +6,9 @@ import json
 import shutil
 
 import pytest
+from conftest import FIXTURES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from surgery.errors import CheckpointError
 from surgery.formats.hf_folder import Checkpoint, load_json
@@ -85,3 +88,43 @@ def test_a_tokenizer_file_that_cannot_be_rewritten_is_refused(copy_fixture, tmp_
     assert result.stderr.startswith("Error: qwen.tiktoken: a tokenizer file surgery does not rewrite; copied, it would "
                                     "no longer match the trimmed vocabulary")
     assert not (tmp_path / "out").exists()
+
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=40),
+              st.sampled_from(["model-00001-of-00002.safetensors", "../x.safetensors", "/etc/passwd",
+                               "model.norm.weight", ""])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=40), inner, max_size=3)),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.lists(st.sampled_from(["metadata", "weight_map", "total_size", "model.norm.weight",
+                                      "model.embed_tokens.weight", "new.tensor"]), max_size=2),
+       value=JSON_VALUES, raw=st.one_of(st.none(), st.binary(max_size=60)))
+def test_fuzzed_split_index_opens_or_raises_one_line(copy_fixture, tmp_path, path, value, raw):
+    """The index of a sharded folder with any entry replaced by any JSON value (or by random bytes): the folder
+    opens, or one CheckpointError of one line; nothing is read outside the folder."""
+    root = tmp_path / "qwen-tied-sharded"
+    if not root.exists():
+        copy_fixture("qwen-tied-sharded")
+    index_path = root / "model.safetensors.index.json"
+    original = (FIXTURES / "qwen-tied-sharded" / "model.safetensors.index.json").read_bytes()
+    if raw is not None:
+        index_path.write_bytes(raw)
+    else:
+        index = json.loads(original)
+        node = index
+        for key in path[:-1]:
+            node = node.setdefault(key, {}) if isinstance(node, dict) else node
+        if isinstance(node, dict):
+            node[path[-1] if path else "weight_map"] = value
+        index_path.write_text(json.dumps(index))
+    try:
+        checkpoint = Checkpoint.open(root)
+        assert all(shard.path.parent == root for shard in checkpoint.shards)
+    except CheckpointError as e:
+        assert str(e) and "\n" not in str(e)
+    finally:
+        index_path.write_bytes(original)
