@@ -311,6 +311,21 @@ def importance(src, corpora: Iterable, output=None, **options) -> dict:
     return scores
 
 
+def compare(src, outs: Iterable, corpora: Iterable, **options) -> dict:
+    """The surgery-compare/1 document: KL(SRC || OUT) statistics, top-1 agreement and perplexities of each OUT
+    against one pass of SRC (folders need torch and transformers, GGUF files llama-cpp-python).
+
+    Options: max_docs (per corpus, 256), max_length (512), batch_size, device, progress.
+    """
+    from surgery.mining.corpus import CorpusSpec
+    from surgery.reports.compare import compare_models
+
+    specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
+    if not specs:
+        raise InputError("compare needs at least one corpus")
+    return compare_models(_source(src), [_source(out) for out in outs], specs, **options)
+
+
 # ---- keep, inspect, verify ------------------------------------------------------------------------------
 
 

@@ -390,5 +390,8 @@ def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_f
         click.echo(request.describe(verbose=stats), err=True)
 
 
+from surgery.cli import compare_command  # noqa: E402,F401  (registers `surgery compare`)
+
+
 def main() -> None:
     cli(prog_name="surgery")
