@@ -230,7 +230,7 @@ def drop_layers(ckpt: Path, drop: str | None, keep_layers: str | None, tail: int
     """
     job = api.prepare_drop_layers(ckpt, output, drop=drop, keep_layers=keep_layers, tail=tail, importance=importance,
                                   num_layers=num_layers, force=force, check_output=not dry_run)
-    _run_job(job, dry_run, as_json, quiet)
+    _run_job(job, dry_run, as_json, quiet, src=ckpt)
 
 
 @cli.command()
@@ -272,7 +272,7 @@ def prune(ckpt: Path, importance: Path, intermediate_size: int | None, num_atten
                             num_experts=num_experts, moe_intermediate_size=moe_intermediate_size,
                             shared_expert_intermediate_size=shared_expert_intermediate_size, force=force,
                             check_output=not dry_run)
-    _run_job(job, dry_run, as_json, quiet)
+    _run_job(job, dry_run, as_json, quiet, src=ckpt)
 
 
 @cli.command()
@@ -311,7 +311,7 @@ def importance(ckpt: Path, corpora: tuple[str, ...], max_docs: int | None, field
         click.echo(f"wrote {output}: {scores['documents']:,} documents, {scores['tokens']:,} tokens", err=True)
 
 
-def _run_job(job: api.Job, dry_run: bool, as_json: bool, quiet: bool) -> None:
+def _run_job(job: api.Job, dry_run: bool, as_json: bool, quiet: bool, src: Path | None = None) -> None:
     """The plan (dry run), or the summary, the progress bar while writing, and the result."""
     if dry_run:
         click.echo(json.dumps(job.to_json(), indent=2) if as_json else job.describe())
@@ -326,6 +326,9 @@ def _run_job(job: api.Job, dry_run: bool, as_json: bool, quiet: bool) -> None:
     if not quiet:
         click.echo(f"wrote {', '.join(str(p) for p in result.output)} ({total:,} tensor bytes in "
                    f"{result.seconds:.1f}s)", err=True)
+        if src is not None:  # a lossy cut: say how to measure what it cost
+            click.echo(f"next: measure what the cut cost with `surgery compare {src} {result.output[0]} --corpus "
+                       "HELDOUT.txt`", err=True)
 
 
 @cli.command()

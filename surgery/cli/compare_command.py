@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def compare(src: Path, outs: tuple[Path, ...], corpora: tuple[str, ...], max_doc
         surgery compare ckpt/ ckpt-24layers/ ckpt-pruned/ --corpus heldout.txt --max-docs 64
         surgery compare model-F16.gguf model-Q4_K_M.gguf --corpus heldout.txt --json
     """
-    show = not quiet and sys.stderr.isatty()
+    main_process = os.environ.get("RANK", "0") == "0"  # under a launcher, rank 0 speaks
+    show = not quiet and sys.stderr.isatty() and main_process
 
     def progress(done: int, total: int) -> None:
         if show:
@@ -49,6 +51,8 @@ def compare(src: Path, outs: tuple[Path, ...], corpora: tuple[str, ...], max_doc
                          device=device, progress=progress)
     if show:
         click.echo("", err=True)
+    if not main_process:
+        return
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

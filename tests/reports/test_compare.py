@@ -177,3 +177,28 @@ def test_gguf_pairs_agree_with_a_reference_from_llama_cpp_logits(tmp_path):
     trim = surgery.compare(f16, [tmp_path / "t.gguf"], [corpus(tmp_path)], max_length=LENGTH)["outputs"][0]
     assert trim["relation"] == "trim" and trim["documents"] > 0
     assert trim["kld"]["max"] < 1e-6 and trim["top1_agreement"] == 1
+
+
+def test_two_processes_under_accelerate_give_the_statistics_of_one(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` starts two gloo processes on a CPU host; the documents
+    are split between them and the per-position values gathered."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("accelerate")
+    src, out = tiny_llama(tmp_path / "src"), tiny_llama(tmp_path / "out", noise=0.05)
+    one = surgery.compare(src, [out], [corpus(tmp_path)], max_length=LENGTH, batch_size=4)
+    launcher = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "surgery", "compare", str(src),
+                             str(out), "--corpus", str(corpus(tmp_path)), "--max-length", str(LENGTH),
+                             "--batch-size", "4", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    two = json.loads(result.stdout)
+    a, b = one["outputs"][0], two["outputs"][0]
+    assert (a["positions"], a["documents"], a["top1_agreement"]) == (b["positions"], b["documents"], b["top1_agreement"])
+    for key in a["kld"]:
+        assert b["kld"][key] == pytest.approx(a["kld"][key], rel=1e-6), key
+    assert b["ppl_output"] == pytest.approx(a["ppl_output"], rel=1e-6)
