@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from surgery.errors import InputError
-from surgery.formats.paths import check_output_target
+from surgery.formats.paths import check_file_target, check_output_target
 
 LOG = logging.getLogger("surgery")
 PARTIAL = ".partial-"
@@ -90,8 +90,7 @@ def write_gguf_verified(plan, out: Path, progress) -> list[Path]:
 
     targets = plan.output_paths(out)
     for target in targets:
-        if target.is_dir() or (target.exists() and not target.is_file()):
-            raise InputError(f"{target}: exists and is not a regular file; a GGUF output is a file")
+        check_file_target(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(target)
     partials = [partial_path(target) for target in targets]

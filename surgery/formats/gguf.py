@@ -189,7 +189,7 @@ class _Reader:
         n = self.scalar("<Q")
         if n > MAX_STRING_NBYTES or n > self.remaining():
             raise CheckpointError(f"{self.path.name}: a string at byte {self.pos - 8} claims {n} bytes, more than "
-                                  + ("the limit of 256 MiB" if n > MAX_STRING_NBYTES else
+                                  + (f"the limit of {MAX_STRING_NBYTES // 2**20} MiB" if n > MAX_STRING_NBYTES else
                                      f"the {self.remaining()} bytes left in the file"))
         try:
             return str(self.take(n), "utf-8")

@@ -42,3 +42,11 @@ def check_output_target(path: Path) -> None:
         return
     except OSError as e:
         raise InputError(f"{path}: cannot be used as the output: {e.strerror}") from e
+
+
+def check_file_target(target: Path) -> None:
+    """An output file may replace a file (with --force), never a directory, a pipe or a device."""
+    if target.is_dir():
+        raise InputError(f"{target}: is a directory; a GGUF output is a file", hint="name a file ending in .gguf")
+    if target.exists() and not target.is_file():
+        raise InputError(f"{target}: exists and is not a regular file")

@@ -128,5 +128,5 @@ def unset_vocab_size(config: dict, n_rows: int, file: str = "config.json") -> st
                               f"'{family}'", hint=f"write {key} ({n_rows}, the embedding rows) into {file}")
     if default != n_rows:
         raise CheckpointError(f"{file}: {key} is not set, so transformers takes the {family} default {default}, but "
-                              f"the embedding has {n_rows} rows", hint=f"the config does not describe these weights")
+                              f"the embedding has {n_rows} rows", hint="the config does not describe these weights")
     return key

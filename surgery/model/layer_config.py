@@ -17,17 +17,12 @@ from __future__ import annotations
 import copy
 
 from surgery.errors import CheckpointError
-from surgery.model.config_defaults import TEXT_DEFAULTS, ensure_node, size, text_path, text_view
+from surgery.model.config_defaults import TEXT_DEFAULTS, ensure_node, size, text_view
 from surgery.model.config_keys import ConfigPatch
 
 PER_LAYER_LISTS = ("layer_types", "no_rope_layers", "intermediate_size", "num_attention_heads",
                    "num_key_value_heads", "sliding_window_pattern_list", "swa_layers")
 ALTERNATING = ("gemma2", "gpt_oss", "cohere2")  # sliding on even layers, full on odd ones, when not listed
-
-
-def text_config_path(config: dict) -> tuple[str, ...]:
-    """Where the layers are described: the top level, or a nested text config (multimodal models)."""
-    return text_path(config)
 
 
 def original_layer_types(text: dict, n_layers: int) -> list[str] | None:

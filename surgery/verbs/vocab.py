@@ -23,7 +23,7 @@ from surgery.formats.hf_folder import (
     dump_json,
     load_json,
 )
-from surgery.model.config_defaults import ensure_node, unset_vocab_size
+from surgery.model.config_defaults import ensure_node, text_path, unset_vocab_size
 from surgery.model.config_keys import (
     VOCAB_SIZE_KEYS,
     ConfigPatch,
@@ -209,8 +209,7 @@ def plan_trim(
     for name, config in ckpt.configs.items():
         new_config, config_patches = patch_config(name, config, old_to_new, sizes)
         if name in unset_keys:
-            path, key = tuple(unset_keys[name].split(".")[:-1]), "vocab_size"
-            ensure_node(new_config, path)[key] = len(row_source)
+            ensure_node(new_config, text_path(config))["vocab_size"] = len(row_source)
             config_patches.append(ConfigPatch(name, unset_keys[name], None, len(row_source)))
         files[name] = dump_json(new_config)
         patches += config_patches

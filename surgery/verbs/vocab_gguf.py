@@ -32,7 +32,7 @@ from surgery.formats.gguf import (
     split_paths,
     tensor_nbytes,
 )
-from surgery.formats.paths import check_output_target
+from surgery.formats.paths import check_file_target, check_output_target
 from surgery.model.vocab_tensors import Role
 from surgery.tokenizer.gguf_vocab import GgufVocab, pad_token_names
 from surgery.verbs.keep_list import KeepList
@@ -316,14 +316,6 @@ def default_output(src: Path, tag: str = "trimmed") -> Path:
     if match:
         return src.with_name(f"{match['stem']}-{tag}-00001-of-{match['count']}.gguf")
     return src.with_name(f"{src.name.removesuffix('.gguf')}-{tag}.gguf")
-
-
-def check_file_target(target: Path) -> None:
-    """An output file may replace a file (with --force), never a directory, a pipe or a device."""
-    if target.is_dir():
-        raise InputError(f"{target}: is a directory; a GGUF output is a file", hint="name a file ending in .gguf")
-    if target.exists() and not target.is_file():
-        raise InputError(f"{target}: exists and is not a regular file")
 
 
 def check_gguf_output_path(src: Path, out: Path, force: bool) -> None:

@@ -274,7 +274,7 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
     prefix = "".join(f"{key}." for key in path)
     # every size the cut reads, from the config or its family's defaults (refused when neither settles it)
     text = {**text, **{key: size(text, key, CONFIG, prefix) for key in SIZE_KEYS if key != "vocab_size"
-                       and (key not in ("intermediate_size",) or "intermediate_size" in text)}}
+                       and (key != "intermediate_size" or key in text)}}
     if "quantization_config" in config:
         raise CheckpointError(f"{ckpt.root.name}: a quantized checkpoint ({config['quantization_config'].get('quant_method', '?')}"
                               "): its packed weights cannot be cut; prune before quantizing")
@@ -318,7 +318,7 @@ def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes
         written.setdefault("num_key_value_heads", text["num_key_value_heads"])
     for key, value in written.items():
         if node.get(key) != value:
-            patches.append(ConfigPatch(CONFIG, "".join(f"{k}." for k in path) + key, node.get(key), value))
+            patches.append(ConfigPatch(CONFIG, prefix + key, node.get(key), value))
             node[key] = value
     files = {CONFIG: dump_json(new_config)}
     notes = []

@@ -39,20 +39,16 @@ INPUT_PROJECTIONS = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_qk
                      "ffn_gate_shexp.weight", "ffn_up_shexp.weight")
 
 
-def _get(gguf: GgufFile, key: str, layer: int | None = None):
-    return gguf.integer(key, layer)
-
-
 def _text_view(gguf: GgufFile, arch: str) -> dict:
     """The sizes the cut needs, named as in a Hugging Face config."""
-    n_heads = _get(gguf, f"{arch}.attention.head_count")
+    n_heads = gguf.integer(f"{arch}.attention.head_count")
     hidden = gguf.integer(f"{arch}.embedding_length")
     if not n_heads or not hidden:
         raise CheckpointError(f"{gguf.path.name}: no {arch}.attention.head_count or {arch}.embedding_length in its "
                               "metadata")
     text = {"num_hidden_layers": gguf.integer(f"{arch}.block_count"), "hidden_size": hidden,
-            "intermediate_size": _get(gguf, f"{arch}.feed_forward_length"), "num_attention_heads": n_heads,
-            "num_key_value_heads": _get(gguf, f"{arch}.attention.head_count_kv") or n_heads,
+            "intermediate_size": gguf.integer(f"{arch}.feed_forward_length"), "num_attention_heads": n_heads,
+            "num_key_value_heads": gguf.integer(f"{arch}.attention.head_count_kv") or n_heads,
             "head_dim": gguf.integer(f"{arch}.attention.key_length") or hidden // n_heads}
     if gguf.integer(f"{arch}.expert_count"):
         text["num_experts"] = gguf.integer(f"{arch}.expert_count")
