@@ -293,6 +293,114 @@ def prune(src, importance, out=None, *, progress: Progress | None = None, **size
     return prepare_prune(src, importance, out, **sizes).run(progress)
 
 
+# ---- factor / unfactor ----------------------------------------------------------------------------------
+
+
+def prepare_factor(src, out=None, *, rank_ratio=None, param_ratio=None, energy=None, rank_multiple: int = 1,
+                   targets: Iterable[str] = (), scaling=None, device: str = "cpu", force: bool = False,
+                   spectrum_progress: Callable[[int, int], None] | None = None) -> Job:
+    """Plan a low-rank factorization of a folder (PLRD / SVD-LLM style). Exactly one of `rank_ratio`,
+    `param_ratio`, `energy`: a number, or several (a list or "0.75,0.5") for a family written to OUT-r0.75, ...
+    `scaling` is an importance file with input statistics (activation-aware); `targets` are module-name globs."""
+    from surgery.formats.hf_folder import Checkpoint
+    from surgery.lowrank.ranks import parse_rules
+    from surgery.verbs.factor import check_factor_output, decompose, family_outputs, plan_factor
+
+    src = _source(src)
+    if is_gguf(src):
+        raise InputError(f"{src.name}: a GGUF file; llama.cpp cannot run factored layers, so factor writes "
+                         "Hugging Face folders only",
+                         hint="factor the Hugging Face folder; after training, `surgery unfactor` it and convert "
+                              "that to GGUF")
+    rules = parse_rules(*(_values(v) for v in (rank_ratio, param_ratio, energy)), rank_multiple)
+    out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-factored"
+    outs = family_outputs(out, rules)
+    for path in outs:
+        check_folder_output(src, path, force)
+    scaling_data = None
+    if scaling is not None:
+        from surgery.verbs.width import load_importance
+
+        scaling_data = load_importance(Path(scaling))
+    plan = plan_factor(Checkpoint.open(src), rules, outs, targets=tuple(targets), scaling=scaling_data,
+                       scaling_name=None if scaling is None else Path(scaling).name, engine=_engine(device),
+                       spectrum_progress=spectrum_progress)
+
+    def run(progress: Progress):
+        from surgery.edit.compute import write_outputs
+        from surgery.edit.staging import write_folders
+
+        def check(partials):
+            for member, partial in zip(plan.members, partials):
+                check_factor_output(plan, member, partial)
+
+        write_folders(outs, lambda partials: write_outputs(src, [m.output for m in plan.members], partials,
+                                                           lambda key: decompose(plan, key), progress), check)
+        return outs, plan.to_json()
+
+    return Job(plan, run)
+
+
+def factor(src, out=None, *, progress: Progress | None = None, **options) -> Result:
+    """Low-rank factorization; see prepare_factor."""
+    return prepare_factor(src, out, **options).run(progress)
+
+
+def prepare_unfactor(src, out=None, *, device: str = "cpu", force: bool = False) -> Job:
+    """Plan the product of a factored folder's factors: the plain source architecture again."""
+    from surgery.formats.hf_folder import Checkpoint
+    from surgery.verbs.unfactor import check_unfactor_output, multiply, plan_unfactor
+
+    src = _source(src)
+    if is_gguf(src):
+        raise InputError(f"{src.name}: a GGUF file; unfactor reads the folders that surgery factor writes")
+    out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-dense"
+    check_folder_output(src, out, force)
+    plan = plan_unfactor(Checkpoint.open(src), _engine(device))
+
+    def run(progress: Progress):
+        from surgery.edit.compute import write_outputs
+        from surgery.edit.staging import write_folders
+
+        write_folders([out], lambda partials: write_outputs(src, [plan.output], partials,
+                                                            lambda key: multiply(plan, key), progress),
+                      lambda partials: check_unfactor_output(plan, partials[0]))
+        return [out], {"output": str(out), **plan.to_json()}
+
+    return Job(plan, run)
+
+
+def unfactor(src, out=None, *, progress: Progress | None = None, **options) -> Result:
+    """The dense product of a factored folder; see prepare_unfactor."""
+    return prepare_unfactor(src, out, **options).run(progress)
+
+
+def _values(value) -> str | None:
+    """A rule's values as the CLI spells them: 0.5, "0.75,0.5" or [0.75, 0.5]."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return repr(float(value))
+    return ",".join(repr(float(v)) for v in value)
+
+
+def _engine(device: str):
+    from surgery.lowrank.linalg import Engine
+
+    try:
+        engine = Engine(device)
+    except ImportError as e:
+        raise InputError(f"--device {device}: needs torch: pip install torch==2.13.0") from e
+    except ValueError as e:
+        raise InputError(f"--device {device}: {e}") from e
+    if engine.torch is not None and device != "cpu":
+        try:
+            engine.torch.zeros(1, device=device)
+        except (RuntimeError, AssertionError) as e:
+            raise InputError(f"--device {device}: not usable here ({str(e).splitlines()[0]})") from e
+    return engine
+
+
 def importance(src, corpora: Iterable, output=None, **options) -> dict:
     """Minitron importance scores of a folder's model on calibration corpora (needs the `importance` extra).
 

@@ -58,3 +58,41 @@ def columns_cuttable(dtype: str | int) -> bool:
     if isinstance(dtype, int):
         return dtype in GGML_TYPES and GGML_TYPES[dtype][1] == 1
     return DTYPE_BITS[dtype] % 8 == 0
+
+
+# ---- values: the float dtypes a computing verb decodes and encodes -------------------------------------------
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+
+
+def decode(raw, dtype: str, shape: tuple[int, ...]):
+    """Little-endian F32/F16/BF16 bytes as a float32 numpy array of `shape` (BF16 is the top half of an F32)."""
+    import numpy as np
+
+    if dtype == "F32":
+        values = np.frombuffer(raw, "<f4")
+    elif dtype == "F16":
+        values = np.frombuffer(raw, "<f2").astype(np.float32)
+    elif dtype == "BF16":
+        values = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        raise ValueError(f"decode: {dtype} is not one of {', '.join(FLOAT_DTYPES)}")
+    return values.reshape(shape)
+
+
+def encode(values, dtype: str) -> bytes:
+    """A float array as little-endian F32/F16/BF16 bytes, rounded to nearest even (as torch rounds)."""
+    import numpy as np
+
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if dtype == "F32":
+        return values.astype("<f4").tobytes()
+    if dtype == "F16":
+        return values.astype("<f2").tobytes()
+    if dtype == "BF16":
+        bits = values.view(np.uint32)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+        nan = np.isnan(values)
+        if nan.any():
+            rounded[nan] = 0x7FC0
+        return rounded.tobytes()
+    raise ValueError(f"encode: {dtype} is not one of {', '.join(FLOAT_DTYPES)}")

@@ -72,6 +72,29 @@ def write_folder(plan, check: Callable[[Path], object], out: Path, link_unchange
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _replace(tmp, out)
+
+
+def write_folders(outs: list[Path], write: Callable[[list[Path]], None], check: Callable[[list[Path]], None]) -> None:
+    """Several outputs of one run: `write(partials)` fills a sibling partial folder per output, `check(partials)`
+    raises on a failure; only when every output passed are they moved into place (an existing OUT, with --force,
+    is moved aside first). On any failure every partial folder is removed and the error raised."""
+    for out in outs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(out)
+    partials = [partial_path(out) for out in outs]
+    try:
+        write(partials)
+        check(partials)
+    except BaseException:
+        for tmp in partials:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for tmp, out in zip(partials, outs):
+        _replace(tmp, out)
+
+
+def _replace(tmp: Path, out: Path) -> None:
     if out.exists():  # --force: the old OUT is moved aside first, then removed
         aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(4)}"
         out.rename(aside)

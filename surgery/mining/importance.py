@@ -8,6 +8,8 @@ over the corpus, those means are combined as an L2 norm (square, sum, square roo
 - "heads": the input of o_proj, then an L2 over head_dim: one score per query head;
 - "hidden": the outputs of every input_layernorm and post_attention_layernorm, summed over the norms;
 - "layers": Block Influence, 1 - cos(layer input, layer output), averaged over tokens, summed over sequences.
+- "input_rms": per 2-D linear weight of the layers (the candidates of `surgery factor`), the root mean square of
+  each input channel over every real token: the diagonal that activation-aware factorization (--scaling) uses.
 MoE models also get "experts" (each expert's routing probability), "experts_mlp" (each expert's act(gate) * up
 over the tokens routed to it, recomputed from the fused weights) and "shared_expert_mlp" (Qwen2-MoE).
 """
@@ -22,6 +24,8 @@ import numpy as np
 
 from surgery.errors import CheckpointError, InputError
 from surgery.mining.corpus import CorpusSpec, read_documents
+from surgery.model.factor_targets import CANDIDATE, NOT_CANDIDATE
+from surgery.model.factored_modeling import trusted_code
 from surgery.verbs.layers import IMPORTANCE_FORMAT
 
 
@@ -41,7 +45,7 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
                        progress: Callable[[int, int], None] | None = None) -> dict:
     torch, transformers = _import_torch()
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).to(device).eval()
+        model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, trust_remote_code=trusted_code(src)).to(device).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(src)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{src}: transformers cannot load it: {e}") from e
@@ -119,7 +123,20 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
             sums["layers"][index] += float((((1 - cos) * mask).sum(1) / mask.sum(1)).sum())
         return hook
 
+    input_sums: dict = {}
+
+    def input_hook(name):
+        def hook(module, args):
+            x = args[0].float()
+            mask = state["mask"].to(x.dtype).reshape(-1)
+            flat = x.reshape(-1, x.shape[-1])
+            input_sums[name] = input_sums.get(name, 0.0) + (flat ** 2 * mask[:, None]).sum(0)
+        return hook
+
     handles = []
+    for name, module in model.named_modules():
+        if CANDIDATE.match(f"{name}.weight") and not NOT_CANDIDATE.search(name):
+            handles.append(module.register_forward_pre_hook(input_hook(name)))
     for index, layer in enumerate(layers):
         if hasattr(layer.mlp, "down_proj"):  # dense MLPs
             handles.append(layer.mlp.down_proj.register_forward_pre_hook(mlp_hook(index)))
@@ -158,7 +175,9 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
     hidden = sum(np.sqrt(v.cpu().numpy()) for v in sums["hidden"].values())
     result = {"format": IMPORTANCE_FORMAT, "source": str(src), "documents": documents, "tokens": tokens,
               "layers": sums["layers"].tolist(), "heads": [as_list(v) for v in sums["heads"]],
-              "hidden": hidden.tolist()}
+              "hidden": hidden.tolist(),
+              "input_rms": {name: np.sqrt(v.cpu().double().numpy() / max(tokens, 1)).tolist()
+                            for name, v in input_sums.items()}}
     for key in ("mlp", "shared_expert_mlp", "experts"):  # present when every layer has the module
         if all(not isinstance(v, float) for v in sums[key]):
             result[key] = [as_list(v) for v in sums[key]]

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from surgery.errors import CheckpointError, InputError
-from surgery.formats.hf_folder import CONFIG, load_json
 from surgery.mining.corpus import CorpusSpec, read_documents
+from surgery.model.factored_modeling import trusted_code
 
 COMPARE_FORMAT = "surgery-compare/1"
 TRIM_RECORD = "surgery_trim.json"
@@ -48,7 +48,7 @@ class HfModel:
         transformers.utils.logging.disable_progress_bar()  # stderr is ours: one table, one error line
         try:
             self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                path, dtype="auto", trust_remote_code="auto_map" in load_json(path / CONFIG)).to(device).eval()
+                path, dtype="auto", trust_remote_code=trusted_code(path)).to(device).eval()
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: transformers cannot load it: {e}") from e
