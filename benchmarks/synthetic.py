@@ -93,7 +93,8 @@ def plan_shards(specs: list[TensorSpec], shard_nbytes: int) -> list[list[TensorS
     return shards + [current]
 
 
-def write_checkpoint(name: str, root: Path, seed: int = 0) -> Path:
+def write_checkpoint(name: str, root: Path, seed: int = 0, values: bool = False) -> Path:
+    """`values`: finite BF16 numbers (normal, std 0.02) instead of random bytes, for verbs that compute."""
     shape = SHAPES[name]
     root.mkdir(parents=True, exist_ok=False)
     rng = np.random.default_rng(seed)
@@ -106,7 +107,8 @@ def write_checkpoint(name: str, root: Path, seed: int = 0) -> Path:
             writer.add(spec)
             weight_map[spec.name] = shard_name
         for spec in writer.write_header():
-            writer.write_tensor(spec.name, lambda fd, n=spec.nbytes: _random_bytes(fd, n, rng))
+            fill = _normal_bf16 if values else _random_bytes
+            writer.write_tensor(spec.name, lambda fd, n=spec.nbytes, fill=fill: fill(fd, n, rng))
         writer.close()
     total = sum(s.nbytes for specs in shards for s in specs)
     (root / "model.safetensors.index.json").write_text(json.dumps(
@@ -120,6 +122,14 @@ def _random_bytes(fd: int, nbytes: int, rng: np.random.Generator) -> None:
     while nbytes:
         step = min(nbytes, CHUNK)
         write_all(fd, rng.bytes(step))
+        nbytes -= step
+
+
+def _normal_bf16(fd: int, nbytes: int, rng: np.random.Generator) -> None:
+    while nbytes:
+        step = min(nbytes, CHUNK)
+        values = (0.02 * rng.standard_normal(step // 2, dtype=np.float32)).view(np.uint32)
+        write_all(fd, (values >> 16).astype("<u2").tobytes())
         nbytes -= step
 
 

@@ -401,6 +401,39 @@ def _engine(device: str):
     return engine
 
 
+# ---- distill ------------------------------------------------------------------------------------------------
+
+
+def distill(teacher, student, corpora: Iterable, out, *, eval_corpora: Iterable = (),
+            progress: Callable[[dict], None] | None = None, **options) -> dict:
+    """Logit distillation of STUDENT (a cut of TEACHER: trimmed, pruned, fewer layers, factored) into OUT; returns
+    the surgery-distill/1 record. Options: max_steps, seq_len, batch_size (global), grad_accum, lr, warmup_steps,
+    temperature, loss ("forward-kl" | "reverse-kl"), lm_loss_weight, eval_docs, eval_every, save_every, resume,
+    seed, bf16, force. Runs under `accelerate launch` / torchrun as it is."""
+    from surgery.training.distill import DistillOptions, check_options, world_size
+    from surgery.training.distill import distill as run_distill
+    from surgery.mining.corpus import CorpusSpec
+
+    teacher, student, out = _source(teacher), _source(student), Path(out)
+    for path, what in ((teacher, "teacher"), (student, "student")):
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise InputError(f"{path}: the {what} must be a Hugging Face folder with config.json")
+    try:
+        settings = DistillOptions(**options)
+    except TypeError as e:
+        raise InputError(f"distill: {e}") from e
+    check_options(settings, world_size())
+    if out.resolve() == teacher.resolve() or teacher.resolve() in out.resolve().parents:
+        raise InputError(f"{out}: output must not be the teacher or inside it")
+    if not settings.resume or not out.exists():
+        check_folder_output(student, out, settings.force or settings.resume)
+    specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
+    if not specs:
+        raise InputError("distill needs at least one --corpus")
+    evals = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in eval_corpora]
+    return run_distill(teacher, student, specs, out, settings, eval_corpora=evals, progress=progress)
+
+
 def importance(src, corpora: Iterable, output=None, **options) -> dict:
     """Minitron importance scores of a folder's model on calibration corpora (needs the `importance` extra).
 

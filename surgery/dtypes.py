@@ -87,7 +87,8 @@ def encode(values, dtype: str) -> bytes:
     if dtype == "F32":
         return values.astype("<f4").tobytes()
     if dtype == "F16":
-        return values.astype("<f2").tobytes()
+        with np.errstate(over="ignore"):  # beyond 65504 is inf, as in torch
+            return values.astype("<f2").tobytes()
     if dtype == "BF16":
         bits = values.view(np.uint32)
         rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")

@@ -395,6 +395,7 @@ def keep(ckpt: Path, corpora: tuple[str, ...], output: Path, field: str, whole_f
 
 from surgery.cli import compare_command  # noqa: E402,F401  (registers `surgery compare`)
 from surgery.cli import factor_command  # noqa: E402,F401  (registers `surgery factor` and `surgery unfactor`)
+from surgery.cli import distill_command  # noqa: E402,F401  (registers `surgery distill`)
 
 
 def main() -> None:

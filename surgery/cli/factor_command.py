@@ -43,7 +43,7 @@ def factor(ckpt: Path, output: Path | None, rank_ratio: str | None, param_ratio:
     factors (progressive). Several values make a family, each matrix decomposed once.
 
     \b
-    Examples:
+    Example:
         surgery factor ckpt/ --param-ratio 0.5 -o ckpt-p0.5/
         surgery factor ckpt/ --rank-ratio 0.75,0.5,0.25 --rank-multiple 8 -o family/
         surgery factor ckpt/ --energy 0.9 --scaling imp.json --targets '*.mlp.*' --dry-run --json

@@ -287,10 +287,15 @@ def _process_state():
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _Single()
+    import torch
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    # on a host without GPUs, accelerate joins its gloo processes only when told to run on the CPU
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes != int(os.environ["WORLD_SIZE"]):
+        raise InputError(f"the launcher started {os.environ['WORLD_SIZE']} processes but accelerate joined "
+                         f"{state.num_processes}")
 
     class _Distributed:
         index, count = state.process_index, state.num_processes

@@ -197,7 +197,9 @@ def plan_factor(ckpt: Checkpoint, rules: list[RankRule], outs: list[Path], *, ta
         ranks = {module: _rank(t, rule) for module, t in chosen.items()}
         if not progressive and not any(r is not None for r in ranks.values()):
             raise InputError(f"{rule.option} {rule.value:g}: no target would hold fewer parameters as two factors; "
-                             "nothing to factor", hint="choose a smaller value")
+                             "nothing to factor",
+                             hint="factors are smaller only when r < m·n / (m + n), at most half of min(m, n): "
+                                  "--rank-ratio above 0.5 never saves; choose a smaller value")
         members.append(Member(rule, out, ranks, _output(ckpt, config, architecture, chosen, ranks, current, rule,
                                                        scaling_name)))
     notes = []

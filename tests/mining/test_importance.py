@@ -25,6 +25,11 @@ def reference(root, texts):
     layers = [0.0] * n_layers
     captured = {}
     hooks = []
+    squares, tokens = {}, 0
+    for name, module in model.named_modules():
+        if name.endswith("_proj"):
+            hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: squares.__setitem__(
+                name, squares.get(name, 0) + (a[0][0].double() ** 2).sum(0))))
     for i, layer in enumerate(model.model.layers):
         hooks.append(layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: captured.__setitem__(("mlp", i), a[0])))
         hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a, i=i: captured.__setitem__(("o", i), a[0])))
@@ -36,8 +41,10 @@ def reference(root, texts):
                                                                             out[0] if isinstance(out, tuple) else out)),
             with_kwargs=True))
     for text in texts:
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        tokens += ids.shape[1]
         with torch.no_grad():
-            model(input_ids=tok(text, return_tensors="pt")["input_ids"], use_cache=False)
+            model(input_ids=ids, use_cache=False)
         for i in range(n_layers):
             mlp[i] += captured[("mlp", i)][0].abs().mean(0) ** 2
             heads[i] += captured[("o", i)][0].abs().mean(0).reshape(n_heads, head_dim).norm(dim=-1) ** 2
@@ -49,7 +56,8 @@ def reference(root, texts):
     for hook in hooks:
         hook.remove()
     return {"mlp": [v.sqrt().tolist() for v in mlp], "heads": [v.sqrt().tolist() for v in heads],
-            "hidden": sum(v.sqrt() for v in norms.values()).tolist(), "layers": layers}
+            "hidden": sum(v.sqrt() for v in norms.values()).tolist(), "layers": layers,
+            "input_rms": {name: (v / tokens).sqrt().tolist() for name, v in squares.items()}}
 
 
 def test_importance_equals_the_reference(tmp_path):
@@ -66,11 +74,22 @@ def test_importance_equals_the_reference(tmp_path):
     expected = reference(tmp_path / "src", [t for t in corpus_lines("train.txt") if t.strip()][:12])
     for key in ("mlp", "heads", "hidden", "layers"):
         np.testing.assert_allclose(np.array(scores[key]), np.array(expected[key]), rtol=1e-4, atol=1e-6, err_msg=key)
+    assert set(scores["input_rms"]) == set(expected["input_rms"]) and len(expected["input_rms"]) == 14
+    for name, rms in expected["input_rms"].items():  # padded batches of 5: the padding is masked out
+        np.testing.assert_allclose(scores["input_rms"][name], rms, rtol=1e-4, atol=1e-7, err_msg=name)
     # the file drives prune and drop-layers directly
     run_cli(["prune", tmp_path / "src", "--importance", tmp_path / "imp.json", "--intermediate-size", "32",
              "-o", tmp_path / "pruned", "-q"])
     run_cli(["drop-layers", tmp_path / "src", "--importance", tmp_path / "imp.json", "--num-layers", "1",
              "-o", tmp_path / "one-layer", "-q"])
+    run_cli(["factor", tmp_path / "src", "--scaling", tmp_path / "imp.json", "--param-ratio", "0.5",
+             "-o", tmp_path / "scaled", "-q"])
+    # a factored model is measured too (its own modeling file, trusted), for a progressive scaled step
+    run_cli(["importance", tmp_path / "scaled", "--corpus", CORPUS / "train.txt", "--max-docs", "4",
+             "-o", tmp_path / "imp2.json", "-q"])
+    assert set(json.loads((tmp_path / "imp2.json").read_text())["input_rms"]) == set(expected["input_rms"])
+    run_cli(["factor", tmp_path / "scaled", "--scaling", tmp_path / "imp2.json", "--param-ratio", "0.25",
+             "-o", tmp_path / "scaled2", "-q"])
 
 
 def test_moe_importance_drives_expert_pruning(tmp_path):
