@@ -410,7 +410,8 @@ def distill(teacher, student, corpora: Iterable, out, *, eval_corpora: Iterable 
     the surgery-distill/1 record. Options: max_steps, seq_len, batch_size (global), grad_accum, lr, warmup_steps,
     temperature, loss ("forward-kl" | "reverse-kl"), lm_loss_weight, eval_docs, eval_every, save_every, resume,
     seed, bf16, force. Runs under `accelerate launch` / torchrun as it is."""
-    from surgery.training.distill import DistillOptions, check_options, world_size
+    from surgery.engine import world_size
+    from surgery.training.distill import DistillOptions, check_options
     from surgery.training.distill import distill as run_distill
     from surgery.mining.corpus import CorpusSpec
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -286,7 +287,8 @@ def prune(ckpt: Path, importance: Path, intermediate_size: int | None, num_atten
               help="Documents per forward pass.")
 @click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
               help="Tokens per document at most.")
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0 where there is one.")
+@click.option("--device", default="cpu", show_default=True,
+              help="torch device, e.g. cuda:0; 'auto' spreads a model too big for one device over all (a device map).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Where to write the importance file (surgery-importance/1).")
 @common_options
@@ -295,19 +297,21 @@ def importance(ckpt: Path, corpora: tuple[str, ...], max_docs: int | None, field
                batch_size: int, max_length: int, device: str, output: Path, quiet: bool) -> None:
     """Score layers, MLP neurons, heads and hidden channels on a calibration corpus (Minitron's rules).
 
-    Needs torch and transformers: pip install 'surgery[importance]'. The file feeds `prune` and
-    `drop-layers --importance`.
+    Needs torch and transformers: pip install 'surgery[torch]'. The file feeds `prune`,
+    `drop-layers --importance` and `factor --scaling`. Under `accelerate launch` / torchrun the batches are split
+    over the processes and the sums added (rank 0 writes the file).
 
     \b
     Example:
         surgery importance ckpt/ --corpus calib.jsonl --max-docs 1024 -o imp.json
         surgery prune ckpt/ --importance imp.json --intermediate-size 9216 -o ckpt-w/
     """
-    meter = CorpusMeter(not quiet and sys.stderr.isatty())
-    scores = api.importance(ckpt, corpora, output, max_docs=max_docs, field=field, whole_files=whole_files,
+    main_process = os.environ.get("RANK", "0") == "0"
+    meter = CorpusMeter(not quiet and sys.stderr.isatty() and main_process)
+    scores = api.importance(ckpt, corpora, output if main_process else None, max_docs=max_docs, field=field, whole_files=whole_files,
                             batch_size=batch_size, max_length=max_length, device=device, progress=meter)
     meter.done()
-    if not quiet:
+    if not quiet and main_process:
         click.echo(f"wrote {output}: {scores['documents']:,} documents, {scores['tokens']:,} tokens", err=True)
 
 

@@ -24,7 +24,7 @@ from surgery.cli import cli, common_options, speaks_errors
               help="Each document is cut to its first L token ids.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Documents per forward pass (folders).")
-@click.option("--device", default="cpu", show_default=True, help="torch device for folders, e.g. cuda:0.")
+@click.option("--device", default="cpu", show_default=True, help="torch device for folders, e.g. cuda:0; 'auto': a device map over every device.")
 @click.option("--json", "as_json", is_flag=True, help="Print the surgery-compare/1 document on stdout.")
 @common_options
 @speaks_errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -12,6 +13,9 @@ import click
 from surgery import api
 from surgery.cli import cli, common_options, speaks_errors
 from surgery.errors import SurgeryError
+
+# a launcher stops every process when one exits: the others wait this long, so that rank 0's line gets out first
+REFUSAL_GRACE_SECONDS = 2.0
 
 
 @cli.command()
@@ -79,7 +83,8 @@ def distill(teacher: Path, student: Path, corpora: tuple[str, ...], output: Path
         record = api.distill(teacher, student, corpora, output, eval_corpora=eval_corpora, progress=progress,
                              **options)
     except SurgeryError as e:
-        if not main_process:  # under a launcher, rank 0 speaks; the others exit with the same code
+        if not main_process:  # under a launcher, rank 0 speaks first; the others exit with the same code after it
+            time.sleep(REFUSAL_GRACE_SECONDS)
             sys.exit(e.exit_code)
         raise
     if not main_process:

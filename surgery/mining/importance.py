@@ -16,39 +16,29 @@ over the tokens routed to it, recomputed from the fused weights) and "shared_exp
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from surgery.errors import CheckpointError, InputError
+from surgery.errors import InputError
 from surgery.mining.corpus import CorpusSpec, read_documents
+from surgery.engine import import_torch, input_device, load_causal_lm, load_tokenizer, processes
 from surgery.model.factor_targets import CANDIDATE, NOT_CANDIDATE
-from surgery.model.factored_modeling import trusted_code
 from surgery.verbs.layers import IMPORTANCE_FORMAT
-
-
-def _import_torch():
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        raise InputError("surgery importance needs torch and transformers: pip install 'surgery[importance]' "
-                         "(and pip install torch==2.13.0 for the CPU build)") from e
-    return torch, transformers
 
 
 def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: int | None = None,
                        field: str = "text", whole_files: bool = False, batch_size: int = 8, max_length: int = 512,
                        device: str = "cpu",
                        progress: Callable[[int, int], None] | None = None) -> dict:
-    torch, transformers = _import_torch()
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, trust_remote_code=trusted_code(src)).to(device).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(src)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{src}: transformers cannot load it: {e}") from e
+    torch, _ = import_torch("importance")
+    state_of_run = processes()
+    model = load_causal_lm(src, "importance", device=device, dtype=torch.float32)
+    tokenizer = load_tokenizer(src, "importance")
+    device = input_device(model, device)
     if tokenizer.pad_token is None:  # batches are padded; the mask keeps padding out of every score
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     layers = model.model.layers
@@ -153,11 +143,15 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
             handles.append(getattr(layer, norm).register_forward_hook(norm_hook(f"{index}.{norm}")))
         handles.append(layer.register_forward_hook(layer_hook(index), with_kwargs=True))
     documents = tokens = 0
+    batch_index = -1
     try:
         for spec in corpora:
             docs = itertools.islice((d for d in read_documents(spec, field=field, whole_files=whole_files)
                                      if d.strip()), spec.max_docs or max_docs)
             while batch := list(itertools.islice(docs, batch_size)):
+                batch_index += 1
+                if batch_index % state_of_run.count != state_of_run.index:  # another process's batch
+                    continue
                 encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
                 state["mask"] = encoded["attention_mask"].to(device)
                 with torch.no_grad():
@@ -169,18 +163,43 @@ def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: in
     finally:
         for handle in handles:
             handle.remove()
+    local = {"documents": documents, "tokens": tokens, "sums": _numpy(sums), "inputs": _numpy(input_sums)}
+    merged = functools.reduce(_add, state_of_run.gather(local))  # under a launcher: every process's sums
+    state_of_run.finish()
+    documents, tokens, sums, input_sums = merged["documents"], merged["tokens"], merged["sums"], merged["inputs"]
     if not documents:
         raise InputError("importance: the corpora hold no documents")
-    as_list = lambda t: np.sqrt(t.cpu().numpy()).tolist()  # noqa: E731
-    hidden = sum(np.sqrt(v.cpu().numpy()) for v in sums["hidden"].values())
+    as_list = lambda a: np.sqrt(a).tolist()  # noqa: E731
+    hidden = sum(np.sqrt(v) for v in sums["hidden"].values())
     result = {"format": IMPORTANCE_FORMAT, "source": str(src), "documents": documents, "tokens": tokens,
               "layers": sums["layers"].tolist(), "heads": [as_list(v) for v in sums["heads"]],
               "hidden": hidden.tolist(),
-              "input_rms": {name: np.sqrt(v.cpu().double().numpy() / max(tokens, 1)).tolist()
-                            for name, v in input_sums.items()}}
+              "input_rms": {name: np.sqrt(v / max(tokens, 1)).tolist() for name, v in input_sums.items()}}
     for key in ("mlp", "shared_expert_mlp", "experts"):  # present when every layer has the module
         if all(not isinstance(v, float) for v in sums[key]):
             result[key] = [as_list(v) for v in sums[key]]
     if all(v is not None and not any(isinstance(e, float) for e in v) for v in sums["experts_mlp"]):
         result["experts_mlp"] = [[as_list(e) for e in v] for v in sums["experts_mlp"]]
     return result
+
+
+def _numpy(value):
+    """Sums as float64 numpy arrays (tensors moved off their device), in the same nesting."""
+    if isinstance(value, dict):
+        return {k: _numpy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numpy(v) for v in value]
+    if hasattr(value, "detach"):
+        return value.detach().double().cpu().numpy()
+    return value
+
+
+def _add(a, b):
+    """Two processes' sums added (0.0: a hook that never fired there; None: no such module)."""
+    if isinstance(a, dict):
+        return {k: _add(a[k], b[k]) if k in a and k in b else a.get(k, b.get(k)) for k in {**a, **b}}
+    if isinstance(a, list):
+        return [_add(x, y) for x, y in zip(a, b)]
+    if a is None or b is None:
+        return a if b is None else b
+    return a + b

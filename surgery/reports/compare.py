@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.engine import import_torch, input_device, load_causal_lm, load_tokenizer, processes
 from surgery.errors import CheckpointError, InputError
 from surgery.mining.corpus import CorpusSpec, read_documents
-from surgery.model.factored_modeling import trusted_code
 
 COMPARE_FORMAT = "surgery-compare/1"
 TRIM_RECORD = "surgery_trim.json"
@@ -38,20 +38,11 @@ class HfModel:
     """A folder run by transformers, in the dtype its config names (an F32 model is never downcast)."""
 
     def __init__(self, path: Path, device: str) -> None:
-        try:
-            import torch
-            import transformers
-        except ImportError as e:
-            raise InputError("surgery compare on a folder needs torch and transformers: pip install "
-                             "'surgery[importance]' (and torch==2.13.0 for the CPU build)") from e
-        self.torch, self.path, self.device = torch, path, device
-        transformers.utils.logging.disable_progress_bar()  # stderr is ours: one table, one error line
-        try:
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(
-                path, dtype="auto", trust_remote_code=trusted_code(path)).to(device).eval()
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: transformers cannot load it: {e}") from e
+        self.torch, _ = import_torch("compare on a folder")
+        self.path, self.device = path, device
+        self.model = load_causal_lm(path, "compare", device=device)
+        self.tokenizer = load_tokenizer(path, "compare")
+        self.input_device = input_device(self.model, device)
         self.rows = int(self.model.get_output_embeddings().weight.shape[0])
 
     def tokenize(self, doc: str) -> list[int]:
@@ -74,7 +65,8 @@ class HfModel:
             ids[row, : len(doc)] = torch.tensor(doc)
             mask[row, : len(doc)] = 1
         with torch.no_grad():
-            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+            out = self.model(input_ids=ids.to(self.input_device), attention_mask=mask.to(self.input_device),
+                             use_cache=False)
         return [out.logits[row, : len(doc)].double().cpu().numpy() for row, doc in enumerate(batch)]
 
 
@@ -223,7 +215,7 @@ def compare_models(src_path, out_paths: list, corpora: Iterable[CorpusSpec], *, 
     for path in (src_path, *out_paths):
         is_gguf_path(Path(path))
     docs = load_documents(list(corpora), max_docs)
-    state = _process_state()
+    state = processes()
     src = open_model(Path(src_path), device, max_length)
     outs = [open_model(Path(p), device, max_length) for p in out_paths]
     src_tokens = src.tokens()
@@ -239,7 +231,8 @@ def compare_models(src_path, out_paths: list, corpora: Iterable[CorpusSpec], *, 
                 _score_batch(out, rel, batch, encoded, src_logits, per_doc)
         if progress is not None:
             progress(min(start + batch_size, len(mine)), len(mine))
-    per_doc = state.gather(per_doc)
+    per_doc = {i: values for part in state.gather(per_doc) for i, values in part.items()}
+    state.finish()
     entries = []
     for k, (path, rel) in enumerate(zip(out_paths, relations)):
         scored = [per_doc[i][k] for i in sorted(per_doc) if per_doc[i][k] is not None]
@@ -271,40 +264,3 @@ def _score_batch(out, rel: Relation, batch: list[int], encoded: list[list[int]],
         if rel.kind == "trim":
             source, logits = source[:, rel.old_ids], logits[:, : len(rel.old_ids)]
         per_doc.setdefault(i, []).append(position_stats(source, logits[:-1], np.asarray(ids[1:])))
-
-
-class _Single:
-    index, count = 0, 1
-
-    @staticmethod
-    def gather(per_doc: dict) -> dict:
-        return per_doc
-
-
-def _process_state():
-    """One process, or this process's place under `accelerate launch` / torchrun (documents split by index)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _Single()
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import gather_object
-
-    # on a host without GPUs, accelerate joins its gloo processes only when told to run on the CPU
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if state.num_processes != int(os.environ["WORLD_SIZE"]):
-        raise InputError(f"the launcher started {os.environ['WORLD_SIZE']} processes but accelerate joined "
-                         f"{state.num_processes}")
-
-    class _Distributed:
-        index, count = state.process_index, state.num_processes
-
-        @staticmethod
-        def gather(per_doc: dict) -> dict:
-            merged: dict = {}
-            for part in gather_object([per_doc]):
-                merged.update(part)
-            return merged
-
-    return _Distributed()

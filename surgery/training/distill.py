@@ -28,7 +28,7 @@ from surgery.training.blocks import process_slice, step_blocks, token_blocks
 from surgery.training.loss import LOSSES, kd_loss_sum
 from surgery.errors import CheckpointError, InputError
 from surgery.mining.corpus import CorpusSpec
-from surgery.model.factored_modeling import trusted_code
+from surgery.engine import EXTRA_HINT, finish_distributed, import_torch, load_causal_lm, load_tokenizer, world_size
 
 DISTILL_RECORD = "surgery_distill.json"
 DISTILL_FORMAT = "surgery-distill/1"
@@ -59,10 +59,6 @@ class DistillOptions:
 
 
 Progress = Callable[[dict], None]
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_options(options: DistillOptions, processes: int) -> None:
@@ -105,14 +101,9 @@ class _Side:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def _load(path: Path, torch, transformers, what: str):
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                                  trust_remote_code=trusted_code(path))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: transformers cannot load the {what}: {str(e).splitlines()[0]}") from e
-    return model, tokenizer
+def _load(path: Path, torch, what: str):
+    return (load_causal_lm(path, "distill", dtype=torch.float32, what=what).train(what == "student"),
+            load_tokenizer(path, "distill"))
 
 
 def _checkpoint_tensors(student: Path) -> list:
@@ -127,14 +118,11 @@ def _checkpoint_tensors(student: Path) -> list:
 def distill(teacher: Path, student: Path, corpora: Iterable[CorpusSpec], out: Path, options: DistillOptions, *,
             eval_corpora: Iterable[CorpusSpec] = (), progress: Progress | None = None) -> dict:
     check_options(options, world_size())
+    torch, transformers = import_torch("distill")
     try:
-        import torch
-        import transformers
         from accelerate import Accelerator
     except ImportError as e:
-        raise InputError("surgery distill needs torch, transformers and accelerate: pip install "
-                         "'surgery[torch]' (and torch==2.13.0 for the CPU build)") from e
-    transformers.utils.logging.disable_progress_bar()
+        raise InputError(f"surgery distill needs accelerate: {EXTRA_HINT}") from e
     transformers.utils.logging.set_verbosity_error()
     shards = _checkpoint_tensors(student)
     # on a host without GPUs, accelerate starts its gloo processes only when told to run on the CPU
@@ -145,8 +133,8 @@ def distill(teacher: Path, student: Path, corpora: Iterable[CorpusSpec], out: Pa
         raise InputError(f"the launcher started {world_size()} processes but accelerate joined {processes}")
     check_options(options, processes)
     torch.manual_seed(options.seed)
-    teacher_model, _ = _load(teacher, torch, transformers, "teacher")
-    student_model, tokenizer = _load(student, torch, transformers, "student")
+    teacher_model, _ = _load(teacher, torch, "teacher")
+    student_model, tokenizer = _load(student, torch, "student")
     kept = _vocabulary(teacher, student, teacher_model, student_model, tokenizer, torch)
     state = dict(student_model.state_dict())
     for shard in shards:
@@ -234,7 +222,7 @@ def distill(teacher: Path, student: Path, corpora: Iterable[CorpusSpec], out: Pa
     if accelerator.is_main_process:
         _write_output(student, out, shards, accelerator.unwrap_model(model), record)
         shutil.rmtree(staging, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    finish_distributed()
     return record
 
 
@@ -248,11 +236,9 @@ class _nothing:
 
 def _vocabulary(teacher: Path, student: Path, teacher_model, student_model, tokenizer, torch):
     """None when both read the same ids; the teacher ids of the student's rows for a trim of the teacher."""
-    import transformers
-
     from surgery.reports.compare import relation
 
-    teacher_tokenizer = transformers.AutoTokenizer.from_pretrained(teacher)
+    teacher_tokenizer = load_tokenizer(teacher, "distill")
     t_side, s_side = _Side(teacher, teacher_model, teacher_tokenizer), _Side(student, student_model, tokenizer)
     rel = relation(t_side, s_side, t_side.tokens())
     if rel.kind == "same-vocab":

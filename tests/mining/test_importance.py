@@ -110,3 +110,38 @@ def test_moe_importance_drives_expert_pruning(tmp_path):
              "--moe-intermediate-size", "4", "--shared-expert-intermediate-size", "8", "-o", tmp_path / "out", "-q"])
     pruned = transformers.Qwen2MoeForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
     assert pruned.config.num_experts == 2 and pruned.config.moe_intermediate_size == 4
+
+
+def test_two_processes_and_a_device_map_give_the_scores_of_one(tmp_path):
+    """Under `accelerate launch` the batches are split over 2 gloo processes and the sums added; `--device auto`
+    loads the model with a device map (all on the CPU here)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("accelerate")
+    config = transformers.LlamaConfig(vocab_size=800, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "src")
+    for path in (TOKENIZERS / "sp-bpe-llama").iterdir():
+        shutil.copy(path, tmp_path / "src" / path.name)
+    args = ["importance", tmp_path / "src", "--corpus", CORPUS / "train.txt", "--max-docs", "20", "--batch-size", "3",
+            "-q"]
+    run_cli([*args, "-o", tmp_path / "one.json"])
+    run_cli([*args, "--device", "auto", "-o", tmp_path / "auto.json"])
+    launcher = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "surgery",
+                           *map(str, args), "-o", str(tmp_path / "two.json")],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[:3000] + done.stderr[-3000:]
+    one = json.loads((tmp_path / "one.json").read_text())
+    for other in ("two.json", "auto.json"):
+        got = json.loads((tmp_path / other).read_text())
+        assert (got["documents"], got["tokens"]) == (one["documents"], one["tokens"]) == (20, one["tokens"])
+        for key in ("mlp", "heads", "hidden", "layers"):
+            np.testing.assert_allclose(got[key], one[key], rtol=1e-5, atol=1e-7, err_msg=f"{other} {key}")
+        for name, rms in one["input_rms"].items():
+            np.testing.assert_allclose(got["input_rms"][name], rms, rtol=1e-5, atol=1e-7)
