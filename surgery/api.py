@@ -426,8 +426,7 @@ def distill(teacher, student, corpora: Iterable, out, *, eval_corpora: Iterable 
     check_options(settings, world_size())
     if out.resolve() == teacher.resolve() or teacher.resolve() in out.resolve().parents:
         raise InputError(f"{out}: output must not be the teacher or inside it")
-    if not settings.resume or not out.exists():
-        check_folder_output(student, out, settings.force or settings.resume)
+    check_folder_output(student, out, settings.force)
     specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
     if not specs:
         raise InputError("distill needs at least one --corpus")

@@ -114,6 +114,20 @@ def test_the_source_against_itself_and_a_trim_against_its_source(tmp_path):
     assert trim["ppl_source"] == pytest.approx(ref["ppl_src"], rel=1e-6)
 
 
+def test_a_device_map_and_a_factored_output_are_compared_like_any_folder(tmp_path):
+    """--device auto loads both models with a device map (all on the CPU here); a `surgery factor` output is loaded
+    with its own modeling file; at full rank it is the source."""
+    src = tiny_llama(tmp_path / "src")
+    surgery.factor(src, tmp_path / "full", rank_ratio=1.0)
+    surgery.factor(src, tmp_path / "half", param_ratio=0.5)
+    cpu = surgery.compare(src, [tmp_path / "half"], [corpus(tmp_path)], max_length=LENGTH)
+    auto = surgery.compare(src, [tmp_path / "full", tmp_path / "half"], [corpus(tmp_path)], max_length=LENGTH,
+                           device="auto")
+    assert auto["outputs"][0]["kld"]["max"] < 1e-6 and auto["outputs"][0]["top1_agreement"] == 1
+    assert auto["outputs"][1]["kld"]["mean"] == pytest.approx(cpu["outputs"][0]["kld"]["mean"], rel=1e-9)
+    assert cpu["outputs"][0]["kld"]["mean"] > 1e-4
+
+
 def test_cli_json_is_the_api_document_and_the_table_reads(tmp_path):
     src, out = tiny_llama(tmp_path / "src"), tiny_llama(tmp_path / "out", noise=0.05)
     args = ["compare", src, out, "--corpus", corpus(tmp_path), "--max-length", LENGTH, "--max-docs", 10]

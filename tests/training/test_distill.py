@@ -101,6 +101,8 @@ def test_a_trimmed_student_starts_at_kl_zero_and_learns_over_the_kept_vocabulary
 
 def test_max_steps_zero_is_the_identity_and_json_is_the_record(models, tmp_path):
     student = models / "dropped"
+    stale = tmp_path / ".out.distill-staging" / "checkpoint-3"
+    stale.mkdir(parents=True)  # left by an earlier run: a run without --resume discards it
     result = run_cli(["distill", models / "teacher", student, "--corpus", TRAIN, "--eval-corpus", HELDOUT,
                       "--max-steps", "0", "--seq-len", "32", "--batch-size", "2", "--eval-docs", "8",
                       "-o", tmp_path / "out", "--json"])
@@ -110,6 +112,7 @@ def test_max_steps_zero_is_the_identity_and_json_is_the_record(models, tmp_path)
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == (student / "model.safetensors").read_bytes()
     assert snapshot(tmp_path / "out") == {**snapshot(student), "surgery_distill.json": snapshot(tmp_path / "out")[
         "surgery_distill.json"]}
+    assert not stale.parent.exists()
 
 
 def test_a_bf16_student_keeps_its_dtype(models, tmp_path):
