@@ -78,6 +78,49 @@ class Output:
         return [op for shard in self.shards for op in shard.ops]
 
 
+def folder_output(ckpt, targets, ops_of: Callable[[object], list], files: dict, own_file: str,
+                  copy_op: Callable[[TensorEntry], Op] | None = None) -> Output:
+    """An output in the source's shard layout: each tensor copied (or `copy_op(entry)`), except the tensors of a
+    target (anything with `tensor_names`), replaced at the first of them by `ops_of(target)`; the source's other
+    files copied (weights in other formats left out), its index rebuilt."""
+    from surgery.edit.actions import other_files
+
+    owner = {name: target for target in targets for name in target.tensor_names}
+    copy_op = copy_op or (lambda entry: Copy(entry.name, entry, entry.name))
+    shards = []
+    for shard in ckpt.shards:
+        ops: list = []
+        for entry in shard.entries:
+            target = owner.get(entry.name)
+            if target is None:
+                ops.append(copy_op(entry))
+            elif entry.name == target.tensor_names[0]:  # a target's ops, once
+                ops += ops_of(target)
+        shards.append(OutputShard(shard.path.name, shard.metadata, tuple(ops)))
+    copied, _ = other_files(ckpt, files, own_file, vocabulary_changes=False)
+    index = ckpt.indexes[0] if ckpt.indexes else None
+    return Output(tuple(shards), files, copied, index.name if index else None, index.metadata if index else None)
+
+
+def check_written(output: Output, out: Path) -> dict[str, dict]:
+    """Reopen every shard (our reader and safetensors): each op's tensor present with its shape and dtype, copies'
+    edges equal to their source's. Returns shard name -> its written entries, for the verb's own checks."""
+    from surgery.edit.checks import reopen_shard
+    from surgery.edit.compare import edge_bytes
+    from surgery.errors import VerifyError
+
+    shards = {}
+    for shard in output.shards:
+        written = shards[shard.name] = reopen_shard(out / shard.name)
+        for op in shard.ops:
+            got = written.get(op.name)
+            if got is None or got.shape != tuple(op.shape) or got.dtype != op.dtype:
+                raise VerifyError(f"output {shard.name}: tensor '{op.name}' is missing or has the wrong shape or dtype")
+            if isinstance(op, Copy) and edge_bytes(got) != edge_bytes(op.entry):
+                raise VerifyError(f"output {shard.name}: tensor '{op.name}' differs from its source")
+    return shards
+
+
 def write_outputs(src: Path, outputs: list[Output], targets: list[Path], prepare: Callable[[str], object],
                   progress: Progress) -> None:
     """Write each output into its target folder (which must not exist yet), the shards in lockstep."""

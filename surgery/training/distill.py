@@ -220,7 +220,7 @@ def distill(teacher: Path, student: Path, corpora: Iterable[CorpusSpec], out: Pa
             time.sleep(delay)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_output(student, out, shards, accelerator.unwrap_model(model), record)
+        _write_output(student, out, accelerator.unwrap_model(model), record)
         shutil.rmtree(staging, ignore_errors=True)
     finish_distributed()
     return record
@@ -342,35 +342,18 @@ def _resume(staging: Path, model, optimizer, scheduler, record: dict, torch) -> 
 
 # ---- the output ------------------------------------------------------------------------------------------
 
-def _write_output(student: Path, out: Path, shards, model, record: dict) -> None:
+def _write_output(student: Path, out: Path, model, record: dict) -> None:
     """The student's folder with its tensors replaced by the trained ones, in the student's names, dtypes and
     shards (config.json and every other file copied unchanged), plus the record; staged and checked."""
-    from surgery.edit.actions import other_files
-    from surgery.edit.compute import Compute, Output, OutputShard, write_outputs
+    from surgery.edit.compute import Compute, check_written, folder_output, write_outputs
     from surgery.edit.staging import write_folders
     from surgery.formats.hf_folder import Checkpoint, dump_json
 
     state = model.state_dict()
-    ckpt = Checkpoint.open(student)
-    output_shards = tuple(OutputShard(shard.path.name, shard.metadata, tuple(
-        Compute(e.name, e.dtype, e.shape, e.name, lambda _, name=e.name: state[name].detach().float().cpu().numpy())
-        for e in shard.entries)) for shard in shards)
-    files = {DISTILL_RECORD: dump_json(record)}
-    copied, _ = other_files(ckpt, files, DISTILL_RECORD, vocabulary_changes=False)
-    index = ckpt.indexes[0] if ckpt.indexes else None
-    output = Output(output_shards, files, copied, index.name if index else None, index.metadata if index else None)
-
-    def check(partials):
-        from surgery.edit.checks import reopen_shard
-        from surgery.errors import VerifyError
-
-        for shard in shards:
-            written = reopen_shard(partials[0] / shard.path.name)
-            for entry in shard.entries:
-                got = written.get(entry.name)
-                if got is None or got.shape != entry.shape or got.dtype != entry.dtype:
-                    raise VerifyError(f"output {shard.path.name}: tensor '{entry.name}' is missing or changed shape")
-
+    output = folder_output(Checkpoint.open(student), (), lambda target: [], {DISTILL_RECORD: dump_json(record)},
+                           DISTILL_RECORD, copy_op=lambda e: Compute(
+                               e.name, e.dtype, e.shape, e.name,
+                               lambda _, name=e.name: state[name].detach().float().cpu().numpy()))
     write_folders([out], lambda partials: write_outputs(student, [output], partials, lambda key: None,
-                                                        lambda n: None), check)
-
+                                                        lambda n: None),
+                  lambda partials: check_written(output, partials[0]))

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from surgery.dtypes import FLOAT_DTYPES, decode
-from surgery.edit.actions import other_files
-from surgery.edit.compute import Compute, Copy, Output, OutputShard, nbytes
+from surgery.edit.compute import Compute, Copy, Output, check_written, folder_output, nbytes
 from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.formats.hf_folder import CONFIG, NATIVE_CONFIG, Checkpoint, dump_json
 from surgery.formats.safetensors import TensorEntry, expected_nbytes
@@ -171,7 +170,7 @@ def plan_factor(ckpt: Checkpoint, rules: list[RankRule], outs: list[Path], *, ta
     record = config.get(RECORD_KEY)
     progressive = record is not None
     if progressive:
-        architecture, current = _factored_record(record, name)
+        architecture, current = factored_record(record, name)
     else:
         if "auto_map" in config:
             raise CheckpointError(f"{name}: config.json has an auto_map (custom modeling code); factor subclasses "
@@ -182,7 +181,7 @@ def plan_factor(ckpt: Checkpoint, rules: list[RankRule], outs: list[Path], *, ta
             raise CheckpointError(f"{name}: config.json architectures is {architectures!r}; factor writes a "
                                   "*ForCausalLM model (one architecture)")
         architecture, current = architectures[0], {}
-    found = _find_targets(ckpt, current, name)
+    found = find_targets(ckpt, current, name)
     chosen = _choose(found, targets)
     for target in chosen.values():
         if target.dtype not in FLOAT_DTYPES:
@@ -211,7 +210,7 @@ def plan_factor(ckpt: Checkpoint, rules: list[RankRule], outs: list[Path], *, ta
     return FactorPlan(ckpt.root, architecture, chosen, tuple(members), engine, scaling_name, progressive, tuple(notes))
 
 
-def _factored_record(record, name: str) -> tuple[str, dict[str, int]]:
+def factored_record(record, name: str) -> tuple[str, dict[str, int]]:
     if not (isinstance(record, dict) and isinstance(record.get("architecture"), str)
             and CAUSAL_LM.match(record["architecture"]) and isinstance(record.get("ranks"), dict)
             and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
@@ -221,7 +220,7 @@ def _factored_record(record, name: str) -> tuple[str, dict[str, int]]:
     return record["architecture"], dict(record["ranks"])
 
 
-def _find_targets(ckpt: Checkpoint, current: dict[str, int], name: str) -> dict[str, Target]:
+def find_targets(ckpt: Checkpoint, current: dict[str, int], name: str) -> dict[str, Target]:
     """Every candidate in source order: dense linear weights, and the factored modules the record lists."""
     found: dict[str, Target] = {}
     tensors = ckpt.tensors()
@@ -310,17 +309,6 @@ def _rank(target: Target, rule: RankRule) -> int | None:
 
 def _output(ckpt: Checkpoint, config: dict, architecture: str, chosen: dict[str, Target], ranks: dict,
             current: dict[str, int], rule: RankRule, scaling_name: str | None) -> Output:
-    owner = {name: t for t in chosen.values() for name in t.tensor_names}
-    shards = []
-    for shard in ckpt.shards:
-        ops = []
-        for entry in shard.entries:
-            target = owner.get(entry.name)
-            if target is None:
-                ops.append(Copy(entry.name, entry, entry.name))
-            elif entry.name == target.tensor_names[0]:  # a target's ops, once
-                ops += _target_ops(target, ranks[target.module])
-        shards.append(OutputShard(shard.path.name, shard.metadata, tuple(ops)))
     new_config = copy.deepcopy(config)
     factored = {**current, **{m: r for m, r in ranks.items() if r is not None}}
     factored = {m: factored[m] for m in sorted(factored)}
@@ -333,9 +321,8 @@ def _output(ckpt: Checkpoint, config: dict, architecture: str, chosen: dict[str,
                               "source_architectures": config["architectures"] if not current
                               else config[RECORD_KEY].get("source_architectures", [architecture])}
     files = {CONFIG: dump_json(new_config), MODELING_FILE: modeling_source(architecture)}
-    copied, _ = other_files(ckpt, files, MODELING_FILE, vocabulary_changes=False)
-    index = ckpt.indexes[0] if ckpt.indexes else None
-    return Output(tuple(shards), files, copied, index.name if index else None, index.metadata if index else None)
+    return folder_output(ckpt, chosen.values(), lambda target: _target_ops(target, ranks[target.module]), files,
+                         MODELING_FILE)
 
 
 def _target_ops(target: Target, rank: int | None) -> list:
@@ -363,29 +350,20 @@ def decompose(plan: FactorPlan, module: str) -> Decomposition:
 # ---- checking -----------------------------------------------------------------------------------------------
 
 def check_factor_output(plan: FactorPlan, member: Member, out: Path) -> None:
-    """Reopen every shard: shapes and dtypes as planned, copied tensors' edges equal their source's, and each new
+    """Every shard reopened (edit/compute.check_written: shapes, dtypes, copies), and each new
     pair of factors satisfies W·D²·downᵀ = up·diag(s) with s the squared row norms of down·D, row by row (true of
     a truncated SVD of W·D, false for a wrong row or column of either factor)."""
-    from surgery.edit.checks import reopen_shard
-    from surgery.edit.compare import edge_bytes
-
-    for shard in member.output.shards:
-        written = reopen_shard(out / shard.name)
-        for op in shard.ops:
-            got = written.get(op.name)
-            if got is None or got.shape != tuple(op.shape) or got.dtype != op.dtype:
-                raise VerifyError(f"output {shard.name}: tensor '{op.name}' is missing or has the wrong shape or dtype")
-            if isinstance(op, Copy) and edge_bytes(got) != edge_bytes(op.entry):
-                raise VerifyError(f"output {shard.name}: tensor '{op.name}' differs from its source")
-        for module, rank in member.ranks.items():
-            target = plan.targets[module]
-            if rank is None or target.current_rank == rank or plan.targets[module].shard != shard.name:
-                continue
-            up_name, down_name = factor_names(module)
-            bad = _bad_factor_row(plan, target, decode_entry(written[up_name]), decode_entry(written[down_name]))
-            if bad is not None:
-                raise VerifyError(f"output {shard.name}: the factors of '{module}' are not a truncated SVD of its "
-                                  f"source (row {bad})")
+    written = check_written(member.output, out)
+    for module, rank in member.ranks.items():
+        target = plan.targets[module]
+        if rank is None or target.current_rank == rank:  # dense, or factors copied (checked as copies)
+            continue
+        up_name, down_name = factor_names(module)
+        entries = written[target.shard]
+        bad = _bad_factor_row(plan, target, decode_entry(entries[up_name]), decode_entry(entries[down_name]))
+        if bad is not None:
+            raise VerifyError(f"output {target.shard}: the factors of '{module}' are not a truncated SVD of its "
+                              f"source (row {bad})")
 
 
 def decode_entry(entry: TensorEntry) -> np.ndarray:

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.edit.actions import other_files
-from surgery.edit.compute import Compute, Copy, Output, OutputShard, nbytes
+from surgery.edit.compute import Compute, Copy, Output, check_written, folder_output, nbytes
 from surgery.errors import CheckpointError, VerifyError
 from surgery.formats.hf_folder import CONFIG, Checkpoint, dump_json
 from surgery.lowrank.linalg import Engine
 from surgery.model.factor_targets import factor_names, weight_name
 from surgery.model.factored_modeling import AUTO_CLASS, MODELING_FILE, RECORD_KEY, auto_map
-from surgery.verbs.factor import Target, _factored_record, _find_targets, decode_entry
+from surgery.verbs.factor import Target, factored_record, find_targets, decode_entry
 
 
 @dataclass(frozen=True)
@@ -53,21 +52,9 @@ def plan_unfactor(ckpt: Checkpoint, engine: Engine | None = None) -> UnfactorPla
     if config is None or RECORD_KEY not in config:
         raise CheckpointError(f"{name}: config.json has no {RECORD_KEY} record; not written by surgery factor")
     record = config[RECORD_KEY]
-    architecture, ranks = _factored_record(record, name)
-    found = _find_targets(ckpt, ranks, name)
+    architecture, ranks = factored_record(record, name)
+    found = find_targets(ckpt, ranks, name)
     targets = {m: found[m] for m in ranks}
-    owner = {n: t for t in targets.values() for n in t.tensor_names}
-    shards = []
-    for shard in ckpt.shards:
-        ops = []
-        for entry in shard.entries:
-            target = owner.get(entry.name)
-            if target is None:
-                ops.append(Copy(entry.name, entry, entry.name))
-            elif entry.name == target.tensor_names[0]:
-                ops.append(Compute(weight_name(target.module), target.dtype, (target.m, target.n), target.module,
-                                   lambda product: product))
-        shards.append(OutputShard(shard.path.name, shard.metadata, tuple(ops)))
     new_config = copy.deepcopy(config)
     del new_config[RECORD_KEY]
     ours = auto_map(architecture)
@@ -78,10 +65,9 @@ def plan_unfactor(ckpt: Checkpoint, engine: Engine | None = None) -> UnfactorPla
             del new_config["auto_map"]
     sources = record.get("source_architectures")
     new_config["architectures"] = sources if isinstance(sources, list) else [architecture]
-    files = {CONFIG: dump_json(new_config)}
-    copied, _ = other_files(ckpt, files, MODELING_FILE, vocabulary_changes=False)
-    index = ckpt.indexes[0] if ckpt.indexes else None
-    output = Output(tuple(shards), files, copied, index.name if index else None, index.metadata if index else None)
+    output = folder_output(ckpt, targets.values(), lambda t: [Compute(weight_name(t.module), t.dtype, (t.m, t.n),
+                                                                      t.module, lambda product: product)],
+                           {CONFIG: dump_json(new_config)}, MODELING_FILE)
     return UnfactorPlan(ckpt.root, architecture, targets, output, engine or Engine())
 
 
@@ -93,21 +79,13 @@ def multiply(plan: UnfactorPlan, module: str) -> np.ndarray:
 def check_unfactor_output(plan: UnfactorPlan, out: Path) -> None:
     """Every tensor as planned; copied ones' edges equal their source's; every row of each product equal to the
     product of its factors (recomputed) within the dtype's rounding."""
-    from surgery.edit.checks import reopen_shard
-    from surgery.edit.compare import edge_bytes
-
+    written = check_written(plan.output, out)
     for shard in plan.output.shards:
-        written = reopen_shard(out / shard.name)
         for op in shard.ops:
-            got = written.get(op.name)
-            if got is None or got.shape != tuple(op.shape) or got.dtype != op.dtype:
-                raise VerifyError(f"output {shard.name}: tensor '{op.name}' is missing or has the wrong shape or dtype")
             if isinstance(op, Copy):
-                if edge_bytes(got) != edge_bytes(op.entry):
-                    raise VerifyError(f"output {shard.name}: tensor '{op.name}' differs from its source")
                 continue
             want = multiply(plan, op.key)
-            have = decode_entry(got)
+            have = decode_entry(written[shard.name][op.name])
             tolerance = 1e-5 if op.dtype == "F32" else 1e-2
             error = np.abs(have - want).max(axis=1)
             bound = tolerance * (np.abs(want).max(axis=1) + np.abs(want).max() * 1e-3)
