@@ -62,3 +62,16 @@ def test_the_gradient_reaches_the_student_only():
     teacher = torch.randn(1, 4, 7)
     kd_loss_sum(student, teacher, torch.zeros(1, 4, dtype=torch.long)).backward()
     assert student.grad is not None and student.grad[:, :-1].abs().sum() > 0 and student.grad[:, -1].abs().sum() == 0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_the_written_out_gradient_equals_autograd_through_log_softmax(temperature):
+    generator = torch.Generator().manual_seed(2)
+    student = (torch.randn(2, 6, 13, generator=generator, dtype=torch.float64) * 2).requires_grad_()
+    teacher = torch.randn(2, 6, 13, generator=generator, dtype=torch.float64) * 2
+    ids = torch.zeros(2, 6, dtype=torch.long)
+    (got,) = torch.autograd.grad(kd_loss_sum(student, teacher, ids, temperature=temperature).double(), student)
+    log_s = torch.log_softmax(student[:, :-1] / temperature, -1)
+    log_t = torch.log_softmax(teacher[:, :-1] / temperature, -1)
+    (want,) = torch.autograd.grad((log_t.exp() * (log_t - log_s)).sum() * temperature ** 2, student)
+    assert torch.allclose(got, want, atol=1e-6)
