@@ -527,13 +527,13 @@ def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, voc
            not_vocab_tensors: tuple[str, ...] = ()) -> VerifyResult:
     """Prove OUT against its source, byte for byte (folder or GGUF); `.ok` says whether every check passed."""
     src, out = _source(src), _source(out)
-    from surgery.verbs.layers import LAYERS_RECORD
-    from surgery.verbs.width import PRUNE_RECORD
+    from surgery.reports.cut_reports import cut_record, verify_cut
 
-    for record in (LAYERS_RECORD, PRUNE_RECORD):
-        if (out / record).exists():
-            raise InputError(f"{out}: holds {record}, the output of another verb; `surgery verify` proves vocabulary "
-                             "trims (drop-layers and prune check their output before it is moved into place)")
+    if not is_gguf(src) and cut_record(out) is not None:  # a drop-layers or prune output folder
+        if corpora:
+            raise InputError(f"{out}: a {cut_record(out)} output keeps the source's tokenizer; --corpus proves a "
+                             "trim's tokenizer (`surgery compare` measures what a cut cost)")
+        return VerifyResult(verify_cut(src, out))
     if is_gguf(src):
         from surgery.reports.gguf_reports import compare_gguf
 

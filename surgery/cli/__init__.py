@@ -178,12 +178,15 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
 
     Every kept row must equal its source row byte for byte, every other tensor must be byte-identical,
     config ids must name the same tokens, the tokenizer must be dense and in source order, and with
-    --corpus, lines whose source ids are all kept must encode to the mapped ids. Exits 3 on any failure.
+    --corpus, lines whose source ids are all kept must encode to the mapped ids. A drop-layers or prune output
+    folder is proved by replaying its record on CKPT: every kept row and column equal to its source slice, configs
+    equal to the replayed ones. Exits 3 on any failure.
 
     \b
     Example:
         surgery verify ckpt/ ckpt-small/ --corpus held-out.txt
         surgery verify model.gguf model-fr.gguf
+        surgery verify ckpt/ ckpt-pruned/
     """
     findings = api.verify(ckpt, out, corpora, max_docs, vocab_tensors=vocab_tensors,
                           not_vocab_tensors=not_vocab_tensors).findings

@@ -267,18 +267,47 @@ class PrunePlan(FolderEdit):
 
 
 def plan_prune(ckpt: Checkpoint, importance: dict, importance_name: str, **sizes) -> PrunePlan:
+    text = _sizes_view(ckpt)
+    return plan_cut(ckpt, decide_cut(text, importance, importance_name, **sizes))
+
+
+def _sizes_view(ckpt: Checkpoint) -> dict:
+    """The text config with every size the cut reads, from the config or its family's defaults (refused when
+    neither settles it)."""
     if CONFIG not in ckpt.configs:
         raise CheckpointError(f"{ckpt.root.name}: prune needs config.json")
     config = ckpt.configs[CONFIG]
     path, text = text_view(config)
     prefix = "".join(f"{key}." for key in path)
-    # every size the cut reads, from the config or its family's defaults (refused when neither settles it)
     text = {**text, **{key: size(text, key, CONFIG, prefix) for key in SIZE_KEYS if key != "vocab_size"
                        and (key != "intermediate_size" or key in text)}}
     if "quantization_config" in config:
         raise CheckpointError(f"{ckpt.root.name}: a quantized checkpoint ({config['quantization_config'].get('quant_method', '?')}"
                               "): its packed weights cannot be cut; prune before quantizing")
-    cut = decide_cut(text, importance, importance_name, **sizes)
+    return text
+
+
+def cut_from_record(record: dict, name: str) -> Cut:
+    """The Cut a prune record (surgery_prune.json) describes, to replay it (`surgery verify`)."""
+    try:
+        units = lambda key: None if record.get(key) is None else [np.asarray(u, np.int64) for u in record[key]]  # noqa: E731
+        expert_mlp = record.get("kept_expert_mlp")
+        return Cut(mlp=units("kept_mlp"), heads=units("kept_heads"), experts=units("kept_experts"),
+                   shared_mlp=units("kept_shared_expert_mlp"),
+                   expert_mlp=None if expert_mlp is None else [[np.asarray(e, np.int64) for e in layer]
+                                                              for layer in expert_mlp],
+                   hidden=None if record.get("kept_hidden") is None else np.asarray(record["kept_hidden"], np.int64),
+                   sizes=dict(record["sizes"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{name}: {PRUNE_RECORD} is not a prune record ({e})") from e
+
+
+def plan_cut(ckpt: Checkpoint, cut: Cut) -> PrunePlan:
+    """The plan of a decided cut: every tensor's rows and columns, the config patches, the files."""
+    text = _sizes_view(ckpt)
+    config = ckpt.configs[CONFIG]
+    path, _ = text_view(config)
+    prefix = "".join(f"{key}." for key in path)
     if cut.mlp is not None and not any(e.name.endswith(("mlp.down_proj.weight", "mlp.gate_up_proj.weight"))
                                        for shard in ckpt.shards for e in shard.entries):
         raise InputError("--intermediate-size: this model has no dense MLP; for experts use --moe-intermediate-size")

@@ -1,0 +1,100 @@
+"""verify_cut: prove a drop-layers or prune output folder against its source, byte for byte.
+
+The cut is replayed on SRC from the record in OUT (plan_drop_layers, plan_cut), and every planned tensor is
+compared whole through numpy views of the raw bytes, independently of the streaming executor that wrote it: the
+kept rows and columns of each source tensor equal the output's, copied tensors are equal, the output holds no
+other tensor, and its configs equal the replayed ones (so every size equals its tensors). The first tensor that
+differs is named. Memory stays flat: a block of rows at a time.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from surgery.formats.hf_folder import Checkpoint, load_json
+from surgery.formats.safetensors import READ_BLOCK_NBYTES
+from surgery.reports.comparison import Finding
+from surgery.verbs.layers import LAYERS_RECORD, plan_drop_layers
+from surgery.verbs.width import PRUNE_RECORD, cut_from_record, plan_cut
+
+CUT_RECORDS = (LAYERS_RECORD, PRUNE_RECORD)
+
+
+def cut_record(out) -> str | None:
+    """The record of a drop-layers or prune output folder, or None."""
+    return next((name for name in CUT_RECORDS if (out / name).is_file()), None)
+
+
+def verify_cut(src, out) -> list[Finding]:
+    old, new = Checkpoint.open(src), Checkpoint.open(out)
+    name = cut_record(out)
+    record = load_json(out / name)
+    if name == LAYERS_RECORD:
+        plan = plan_drop_layers(old, list(record["kept_layers"]))
+    else:
+        plan = plan_cut(old, cut_from_record(record, out.name))
+    return [_check_tensors(plan, new), _check_files(plan, out, name, record)]
+
+
+def _check_tensors(plan, new: Checkpoint) -> Finding:
+    actions = plan.tensor_actions()
+    written = new.tensors()
+    planned = {a.name for a in actions}
+    extra, missing = sorted(set(written) - planned), sorted(planned - set(written))
+    if extra or missing:
+        return Finding("tensors", False, "output tensors differ from the replayed cut: "
+                       + (f"unexpected {extra[0]}" if extra else f"missing {missing[0]}"))
+    for action in actions:
+        got = written[action.name]
+        if got.shape != action.new_shape or got.dtype != action.dtype:
+            return Finding("tensors", False, f"'{action.name}' is {got.dtype} {list(got.shape)}, the cut makes "
+                           f"{action.dtype} {list(action.new_shape)}")
+        bad = first_different_row(action.entry, got, action.rows, action.cols)
+        if bad is not None:
+            return Finding("tensors", False, f"'{action.name}' differs from its source '{action.source_name}' "
+                           f"(output row {bad})")
+    n_cut = sum(1 for a in actions if a.action == "take")
+    return Finding("tensors", True, f"{len(actions)} tensors equal their source slices ({n_cut} cut, "
+                   f"{sum(1 for a in actions if a.source)} renamed, the rest whole)")
+
+
+def first_different_row(src, got, rows: np.ndarray | None, cols: np.ndarray | None) -> int | None:
+    """The first output row whose bytes differ from source rows[row] (its columns `cols`), whole tensors read in
+    blocks through memory maps."""
+    if not src.shape:
+        return None if _bytes(src).tobytes() == _bytes(got).tobytes() else 0
+    n_rows = src.shape[0]
+    source = _bytes(src).reshape(n_rows, -1)
+    output = _bytes(got).reshape(got.shape[0], -1)
+    rows = np.arange(n_rows) if rows is None else np.asarray(rows)
+    per_block = max(1, READ_BLOCK_NBYTES // max(source.shape[1], 1))
+    for start in range(0, len(rows), per_block):
+        want = source[rows[start : start + per_block]]
+        if cols is not None:
+            want = want.reshape(len(want), src.shape[1], -1)[:, cols].reshape(len(want), -1)
+        have = output[start : start + len(want)]
+        if not np.array_equal(want, have):
+            return start + int(np.argmax(np.any(want != have, axis=1)))
+    return None
+
+
+def _bytes(entry) -> np.ndarray:
+    return np.memmap(entry.path, dtype=np.uint8, mode="r", offset=entry.begin, shape=(entry.nbytes,))
+
+
+def _check_files(plan, out, record_name: str, record: dict) -> Finding:
+    """Configs equal the replayed ones, the record equals the replayed record, copied files are there and equal."""
+    for name, content in plan.files.items():
+        if load_json(out / name) != json.loads(content):
+            return Finding("configs", False, f"{name} differs from the replayed cut's")
+    replayed = {k: v for k, v in plan.record().items() if k != "source"}
+    if {k: v for k, v in record.items() if k != "source"} != replayed:
+        return Finding("configs", False, f"{record_name} differs from the replayed cut's")
+    for name in plan.copied:
+        source, copy = plan.src / name, out / name
+        if source.is_file() and (not copy.is_file() or copy.read_bytes() != source.read_bytes()):
+            return Finding("configs", False, f"{name} is not the source's")
+    return Finding("configs", True, f"{', '.join(sorted(plan.files))} equal the replayed cut's (every size equals "
+                   f"its tensors); {record_name} and {len(plan.copied)} copied files match")

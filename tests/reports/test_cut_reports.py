@@ -1,0 +1,94 @@
+"""surgery verify on drop-layers and prune output folders: the cut replayed from its record, every tensor compared
+whole with numpy views; one changed byte, row, column or config size is found and named."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+import surgery
+from surgery.formats.hf_folder import Checkpoint
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def tiny(root: Path, moe: bool = False) -> Path:
+    kwargs = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8)
+    if moe:
+        config = transformers.Qwen3MoeConfig(**kwargs, moe_intermediate_size=8, num_experts=4, num_experts_per_tok=2,
+                                             decoder_sparse_step=1)
+        model = transformers.Qwen3MoeForCausalLM(config)
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs, mlp_bias=True))
+    torch.manual_seed(0)
+    model.save_pretrained(root, max_shard_size="40KB")
+    return root
+
+
+def importance(path: Path, experts: int = 4) -> Path:
+    rng = np.random.default_rng(3)
+    path.write_text(json.dumps({"format": "surgery-importance/1", "mlp": rng.random((3, 48)).tolist(),
+                                "heads": rng.random((3, 4)).tolist(), "hidden": rng.random(32).tolist(),
+                                "experts": rng.random((3, experts)).tolist(),
+                                "experts_mlp": rng.random((3, experts, 8)).tolist()}))
+    return path
+
+
+def damage(root: Path, tensor: str, row: int) -> None:
+    """Flip one byte of one row of an output tensor, in place."""
+    entry = Checkpoint.open(root).tensors()[tensor]
+    offset = entry.begin + row * entry.row_nbytes(0)
+    with open(entry.path, "r+b") as f:
+        value = os.pread(f.fileno(), 1, offset)
+        os.pwrite(f.fileno(), bytes([value[0] ^ 0x40]), offset)
+
+
+@pytest.mark.parametrize("cut", ["drop-layers", "prune-mlp-heads", "prune-hidden", "prune-experts"])
+def test_a_cut_is_proved_and_one_changed_row_is_named(cut, tmp_path):
+    src = tiny(tmp_path / "src", moe=cut == "prune-experts")
+    out = tmp_path / "out"
+    if cut == "drop-layers":
+        surgery.drop_layers(src, out, drop="1")
+        tensor, row = "model.layers.1.mlp.down_proj.weight", 5  # the old layer 2, renamed
+    elif cut == "prune-mlp-heads":
+        surgery.prune(src, importance(tmp_path / "imp.json"), out, intermediate_size=32, num_attention_heads=2)
+        tensor, row = "model.layers.2.mlp.down_proj.weight", 7  # its columns were cut
+    elif cut == "prune-hidden":
+        surgery.prune(src, importance(tmp_path / "imp.json"), out, hidden_size=24)
+        tensor, row = "model.embed_tokens.weight", 40
+    else:
+        surgery.prune(src, importance(tmp_path / "imp.json"), out, num_experts=2, moe_intermediate_size=4)
+        tensor, row = "model.layers.0.mlp.experts.1.down_proj.weight", 3
+    result = surgery.verify(src, out)
+    assert result.ok, result.to_json()
+    assert "equal their source slices" in result.findings[0].detail
+    damage(out, tensor, row)
+    result = surgery.verify(src, out)
+    assert result.failed == ["tensors"]
+    assert f"'{tensor}'" in result.findings[0].detail and f"(output row {row})" in result.findings[0].detail
+    printed = run_cli(["verify", src, out], exit_code=3)
+    assert f"'{tensor}'" in printed.stderr and "FAIL tensors" in printed.stderr
+
+
+def test_a_config_that_does_not_match_its_tensors_is_caught(tmp_path):
+    src = tiny(tmp_path / "src")
+    surgery.prune(src, importance(tmp_path / "imp.json"), tmp_path / "out", intermediate_size=32)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    config["intermediate_size"] = 48
+    (tmp_path / "out" / "config.json").write_text(json.dumps(config))
+    result = surgery.verify(src, tmp_path / "out")
+    assert result.failed == ["configs"] and "config.json" in result.findings[1].detail
+
+
+def test_a_cut_with_a_corpus_is_refused(tmp_path):
+    src = tiny(tmp_path / "src")
+    surgery.drop_layers(src, tmp_path / "out", drop="0")
+    with pytest.raises(surgery.InputError, match="keeps the source's tokenizer"):
+        surgery.verify(src, tmp_path / "out", ["text.txt"])
