@@ -535,7 +535,11 @@ def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, voc
                              "trim's tokenizer (`surgery compare` measures what a cut cost)")
         return VerifyResult(verify_cut(src, out))
     if is_gguf(src):
+        from surgery.reports.cut_reports import gguf_cut_record, verify_gguf_cut
         from surgery.reports.gguf_reports import compare_gguf
+
+        if gguf_cut_record(out) is not None:  # a drop-layers or prune output
+            return VerifyResult(verify_gguf_cut(src, out))
 
         return VerifyResult(compare_gguf(src, out, tuple(vocab_tensors), tuple(not_vocab_tensors)))
     from surgery.mining.corpus import CorpusSpec

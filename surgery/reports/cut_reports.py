@@ -1,10 +1,11 @@
-"""verify_cut: prove a drop-layers or prune output folder against its source, byte for byte.
+"""verify_cut / verify_gguf_cut: prove a drop-layers or prune output (folder or GGUF) against its source, byte
+for byte.
 
 The cut is replayed on SRC from the record in OUT (plan_drop_layers, plan_cut), and every planned tensor is
 compared whole through numpy views of the raw bytes, independently of the streaming executor that wrote it: the
 kept rows and columns of each source tensor equal the output's, copied tensors are equal, the output holds no
-other tensor, and its configs equal the replayed ones (so every size equals its tensors). The first tensor that
-differs is named. Memory stays flat: a block of rows at a time.
+other tensor, and its configs equal the replayed ones (so every size equals its tensors; for a GGUF file, every key and value
+of every part). The first tensor that differs is named. Memory stays flat: a block of rows at a time.
 """
 
 from __future__ import annotations
@@ -98,3 +99,82 @@ def _check_files(plan, out, record_name: str, record: dict) -> Finding:
             return Finding("configs", False, f"{name} is not the source's")
     return Finding("configs", True, f"{', '.join(sorted(plan.files))} equal the replayed cut's (every size equals "
                    f"its tensors); {record_name} and {len(plan.copied)} copied files match")
+
+
+# ---- GGUF ---------------------------------------------------------------------------------------------------
+
+def gguf_cut_record(out) -> str | None:
+    """The metadata key of a drop-layers or prune record in a GGUF output, or None."""
+    from surgery.verbs.layers_gguf import RECORD_KEY as LAYERS_KEY
+    from surgery.verbs.vocab_gguf import open_gguf
+    from surgery.verbs.width_gguf import RECORD_KEY as PRUNE_KEY
+
+    first = open_gguf(out)[0]
+    return next((key for key in (LAYERS_KEY, PRUNE_KEY) if first.get(key) is not None), None)
+
+
+def verify_gguf_cut(src, out) -> list[Finding]:
+    from surgery.verbs.layers_gguf import RECORD_KEY as LAYERS_KEY
+    from surgery.verbs.layers_gguf import plan_gguf_drop_layers
+    from surgery.verbs.vocab_gguf import open_gguf
+    from surgery.verbs.width_gguf import plan_gguf_cut
+
+    old, new = open_gguf(src), open_gguf(out)
+    key = gguf_cut_record(out)
+    try:
+        record = json.loads(new[0].get(key))
+    except (TypeError, ValueError) as e:
+        return [Finding("metadata", False, f"{key} is not a JSON record ({e})")]
+    if key == LAYERS_KEY:
+        plan = plan_gguf_drop_layers(old, list(record["kept_layers"]))
+    else:
+        plan = plan_gguf_cut(old, cut_from_record(record, out.name))
+    written = {t.name: t for part in new for t in part.tensors}
+    findings = [_check_gguf_tensors(plan, written)]
+    findings.append(_check_gguf_metadata(plan, new, key, record))
+    return findings
+
+
+def _check_gguf_tensors(plan, written: dict) -> Finding:
+    planned = {a.name for a in plan.actions}
+    extra, missing = sorted(set(written) - planned), sorted(planned - set(written))
+    if extra or missing:
+        return Finding("tensors", False, "output tensors differ from the replayed cut: "
+                       + (f"unexpected {extra[0]}" if extra else f"missing {missing[0]}"))
+    for action in plan.actions:
+        got = written[action.name]
+        if got.ne != tuple(action.new_ne) or got.ggml_type != action.tensor.ggml_type:
+            return Finding("tensors", False, f"'{action.name}' is {got.dtype} {list(got.ne)}, the cut makes "
+                           f"{action.tensor.dtype} {list(action.new_ne)}")
+        bad = first_different_row(action.tensor, got, action.rows, action.cols)
+        if bad is not None:
+            return Finding("tensors", False, f"'{action.name}' differs from its source '{action.tensor.name}' "
+                           f"(output row {bad})")
+    n_cut = sum(1 for a in plan.actions if a.rows is not None or a.cols is not None)
+    return Finding("tensors", True, f"{len(plan.actions)} tensors equal their source slices ({n_cut} cut, "
+                   f"{sum(1 for a in plan.actions if a.new_name)} renamed, the rest whole)")
+
+
+def _check_gguf_metadata(plan, new: list, record_key: str, record: dict) -> Finding:
+    """Every part's keys, types and values equal the replayed plan's (sizes, block count, per-block arrays)."""
+    for index, part in enumerate(new):
+        want = {kv.key: kv for kv in plan.part_kvs(index) if kv.key != record_key}
+        have = {key: kv for key, kv in part.kvs.items() if key != record_key}
+        if set(want) != set(have):
+            different = sorted(set(want) ^ set(have))
+            return Finding("metadata", False, f"part {index + 1}: keys differ from the replayed cut's ({different[0]})")
+        for key, kv in want.items():
+            if (kv.type, kv.subtype) != (have[key].type, have[key].subtype) or not _same_value(kv.value,
+                                                                                                have[key].value):
+                return Finding("metadata", False, f"part {index + 1}: {key} is {have[key].value!r}, the cut makes "
+                               f"{kv.value!r}")
+    replayed = {k: v for k, v in plan.record().items() if k != "source"}
+    if {k: v for k, v in record.items() if k != "source"} != replayed:
+        return Finding("metadata", False, f"{record_key} differs from the replayed cut's")
+    return Finding("metadata", True, f"every key of {len(new)} part(s) equals the replayed cut's (sizes, block count)")
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    return a == b

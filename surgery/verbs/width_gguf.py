@@ -144,7 +144,14 @@ def plan_gguf_prune(parts: list[GgufFile], importance: dict, importance_name: st
     if sizes.get("moe_intermediate_size") or sizes.get("shared_expert_intermediate_size"):
         raise InputError(f"{first.path.name}: pruning expert neurons of a GGUF file is not supported (its experts "
                          "are merged); prune the Hugging Face checkpoint, then convert")
-    cut = decide_cut(text, importance, importance_name, **sizes)
+    return plan_gguf_cut(parts, decide_cut(text, importance, importance_name, **sizes))
+
+
+def plan_gguf_cut(parts: list[GgufFile], cut: Cut) -> GgufPrunePlan:
+    """The plan of a decided cut (also replayed from a record by `surgery verify`)."""
+    first = parts[0]
+    arch = str(first.get("general.architecture") or "")
+    text = _text_view(first, arch)
     actions = []
     for index, part in enumerate(parts):
         for tensor in part.tensors:

@@ -92,3 +92,64 @@ def test_a_cut_with_a_corpus_is_refused(tmp_path):
     surgery.drop_layers(src, tmp_path / "out", drop="0")
     with pytest.raises(surgery.InputError, match="keeps the source's tokenizer"):
         surgery.verify(src, tmp_path / "out", ["text.txt"])
+
+
+def llama_gguf(path: Path) -> Path:
+    """A 2-block Llama GGUF written by our writer (F32 and a Q8_0 embedding), sizes a prune can cut."""
+    from surgery.formats.gguf import STRING, UINT32, KeyValue, data_offsets, encode_header
+
+    h, ff, heads, kv, hd, vocab = 32, 64, 4, 2, 8, 40
+    kvs = [KeyValue("general.architecture", STRING, "llama"), KeyValue("llama.block_count", UINT32, 2),
+           KeyValue("llama.embedding_length", UINT32, h), KeyValue("llama.feed_forward_length", UINT32, ff),
+           KeyValue("llama.attention.head_count", UINT32, heads),
+           KeyValue("llama.attention.head_count_kv", UINT32, kv)]
+    tensors = [("token_embd.weight", (h, vocab), 8), ("output_norm.weight", (h,), 0)]
+    for b in range(2):
+        tensors += [(f"blk.{b}.attn_norm.weight", (h,), 0), (f"blk.{b}.attn_q.weight", (h, heads * hd), 0),
+                    (f"blk.{b}.attn_k.weight", (h, kv * hd), 0), (f"blk.{b}.attn_v.weight", (h, kv * hd), 0),
+                    (f"blk.{b}.attn_output.weight", (heads * hd, h), 0), (f"blk.{b}.ffn_norm.weight", (h,), 0),
+                    (f"blk.{b}.ffn_gate.weight", (h, ff), 0), (f"blk.{b}.ffn_up.weight", (h, ff), 0),
+                    (f"blk.{b}.ffn_down.weight", (ff, h), 0)]
+    nbytes = [int(np.prod(ne)) * 4 if t == 0 else int(np.prod(ne)) // 32 * 34 for _, ne, t in tensors]
+    offsets = data_offsets(nbytes, 32)
+    header = encode_header(3, kvs, [(name, ne, t, o) for (name, ne, t), o in zip(tensors, offsets)], 32)
+    rng = np.random.default_rng(1)
+    data = bytearray(rng.integers(0, 256, offsets[-1] + nbytes[-1], dtype=np.uint8).tobytes())
+    for (name, ne, t), offset, n in zip(tensors, offsets, nbytes):
+        if t == 0:
+            data[offset : offset + n] = rng.standard_normal(n // 4).astype(np.float32).tobytes()
+    path.write_bytes(header + bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("cut", ["drop-layers", "prune"])
+def test_a_gguf_cut_is_proved_and_one_changed_row_or_key_is_named(cut, tmp_path):
+    src = llama_gguf(tmp_path / "m.gguf")
+    out = tmp_path / "out.gguf"
+    if cut == "drop-layers":
+        surgery.drop_layers(src, out, drop="0")
+        tensor, row = "blk.0.ffn_down.weight", 9  # the old block 1, renamed
+    else:
+        imp = {"format": "surgery-importance/1", "mlp": np.random.default_rng(0).random((2, 64)).tolist(),
+               "heads": np.random.default_rng(1).random((2, 4)).tolist()}
+        (tmp_path / "imp.json").write_text(json.dumps(imp))
+        surgery.prune(src, tmp_path / "imp.json", out, intermediate_size=32, num_attention_heads=2)
+        tensor, row = "blk.1.attn_output.weight", 30  # its columns were cut
+    result = surgery.verify(src, out)
+    assert result.ok, result.to_json()
+    assert [f.check for f in result.findings] == ["tensors", "metadata"]
+    from surgery.verbs.vocab_gguf import open_gguf
+
+    entry = {t.name: t for t in open_gguf(out)[0].tensors}[tensor]
+    good = out.read_bytes()
+    with open(out, "r+b") as f:
+        offset = entry.begin + row * entry.row_nbytes(0) + 1
+        os.pwrite(f.fileno(), bytes([os.pread(f.fileno(), 1, offset)[0] ^ 0x20]), offset)
+    result = surgery.verify(src, out)
+    assert result.failed == ["tensors"] and f"'{tensor}' differs" in result.findings[0].detail
+    assert f"(output row {row})" in result.findings[0].detail
+    key = b"llama.block_count" if cut == "drop-layers" else b"llama.feed_forward_length"
+    position = good.index(key) + len(key) + 4  # the u32 value after the type
+    out.write_bytes(good[:position] + bytes([good[position] + 1]) + good[position + 1:])
+    result = surgery.verify(src, out)
+    assert "metadata" in result.failed and key.decode() in result.findings[1].detail
