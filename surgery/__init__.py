@@ -8,7 +8,7 @@ The functions live in surgery.api and are imported on first use, so `import surg
 """
 
 __version__ = "0.1.0"
-API_FUNCTIONS = ("trim", "prepare_trim", "drop_layers", "prepare_drop_layers", "prune", "prepare_prune",
+API_FUNCTIONS = ("open_source", "trim", "prepare_trim", "drop_layers", "prepare_drop_layers", "prune", "prepare_prune",
                  "factor", "prepare_factor", "unfactor", "prepare_unfactor", "distill", "importance", "compare", "keep", "inspect",
                  "verify")
 ERRORS = ("SurgeryError", "CheckpointError", "InputError", "VerifyError")

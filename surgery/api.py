@@ -93,31 +93,66 @@ def _source(src) -> Path:
 # ---- trim -----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class OpenedSource:
+    """A checkpoint read once: its headers and configs, its tokenizer and its vocabulary tensors (folders), or its
+    parts (GGUF). `prepare_trim` and `trim` take it in place of a path, so a script that plans many trims (100 keep
+    lists) reads nothing again; nothing in it is changed by a plan."""
+
+    path: Path
+    vocab_tensors: tuple[str, ...]
+    not_vocab_tensors: tuple[str, ...]
+    checkpoint: object = None  # formats.hf_folder.Checkpoint
+    vocab: object = None  # model.vocab_tensors.VocabTensors
+    tokenizer: object = None  # tokenizer.TokenizerFiles
+    parts: tuple = ()  # GGUF: formats.gguf.GgufFile per part
+
+
+def open_source(src, *, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()) -> OpenedSource:
+    """Read a folder or GGUF file once, for many plans: `surgery.trim(opened, keep, out)` for each keep list."""
+    src = _source(src)
+    vocab_tensors, not_vocab_tensors = tuple(vocab_tensors), tuple(not_vocab_tensors)
+    if is_gguf(src):
+        from surgery.verbs.vocab_gguf import open_gguf
+
+        return OpenedSource(src, vocab_tensors, not_vocab_tensors, parts=tuple(open_gguf(src)))
+    from surgery.formats.hf_folder import Checkpoint
+    from surgery.model.vocab_tensors import find_vocab_tensors
+    from surgery.tokenizer import TokenizerFiles
+
+    checkpoint = Checkpoint.open(src)
+    return OpenedSource(src, vocab_tensors, not_vocab_tensors, checkpoint,
+                        find_vocab_tensors(checkpoint, vocab_tensors, not_vocab_tensors), TokenizerFiles.load(src))
+
+
 def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, vocab_tensors: tuple[str, ...] = (),
                  not_vocab_tensors: tuple[str, ...] = (), drop_reserved: bool = False, link_unchanged: bool = False,
                  force: bool = False, check_output: bool = True) -> Job:
-    """Plan a vocabulary trim of a folder or a GGUF file. `keep` is a keep-list path or an iterable of ids.
+    """Plan a vocabulary trim of a folder or a GGUF file (a path, or an `open_source` result). `keep` is a keep-list
+    path or an iterable of ids.
 
     `check_output=False` skips the checks on OUT (for a dry run, where nothing is written).
     """
-    src = _source(src)
+    opened = src if isinstance(src, OpenedSource) else None
+    if opened is not None and (tuple(vocab_tensors), tuple(not_vocab_tensors)) not in (
+            ((), ()), (opened.vocab_tensors, opened.not_vocab_tensors)):
+        raise InputError("vocab_tensors / not_vocab_tensors: give them to open_source, which settles the vocabulary "
+                         "tensors once")
+    src = opened.path if opened is not None else _source(src)
     if is_gguf(src):
         if link_unchanged:
             raise InputError("--link-unchanged: a GGUF file is written anew as a whole; there is no unchanged shard")
         return _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved,
-                                  force, check_output)
+                                  force, check_output, opened)
     from surgery.edit.checks import verify
-    from surgery.formats.hf_folder import Checkpoint
-    from surgery.model.vocab_tensors import find_vocab_tensors
-    from surgery.tokenizer import TokenizerFiles
     from surgery.verbs.vocab import plan_trim
 
     out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-trimmed"
     if check_output:
         check_folder_output(src, out, force)  # before any work: a refusal should not wait for the plan
-    checkpoint = Checkpoint.open(src)
-    vocab = find_vocab_tensors(checkpoint, tuple(vocab_tensors), tuple(not_vocab_tensors))
-    tokenizer = TokenizerFiles.load(src)
+    if opened is None:
+        opened = open_source(src, vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors)
+    checkpoint, vocab, tokenizer = opened.checkpoint, opened.vocab, opened.tokenizer
     plan = plan_trim(checkpoint, vocab, tokenizer, _keep_list(keep, max(vocab.n_rows, tokenizer.size())),
                      pad_to_multiple_of=pad_to_multiple_of, drop_reserved=drop_reserved)
 
@@ -133,7 +168,7 @@ def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, 
 
 
 def _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved, force,
-                       check_output) -> Job:
+                       check_output, opened: OpenedSource | None = None) -> Job:
     from surgery.verbs.vocab_gguf import (
         check_gguf_output_path,
         default_output,
@@ -144,7 +179,9 @@ def _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vo
     out = Path(out) if out is not None else default_output(src)
     if check_output:
         check_gguf_output_path(src, out, force)
-    parts = open_gguf(src)
+    parts = list(opened.parts) if opened is not None else open_gguf(src)
+    if opened is not None:
+        vocab_tensors, not_vocab_tensors = opened.vocab_tensors, opened.not_vocab_tensors
     n_vocab = len(parts[0].get("tokenizer.ggml.tokens") or [])
     plan = plan_gguf_trim(parts, _keep_list(keep, n_vocab), pad_to_multiple_of=pad_to_multiple_of,
                           drop_reserved=drop_reserved, vocab_tensors=tuple(vocab_tensors),

@@ -81,3 +81,45 @@ def test_drop_layers_in_python(tmp_path):
     result = surgery.drop_layers(tmp_path / "src", tmp_path / "out", tail=2)
     assert result.summary["kept_layers"] == [0, 3]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+@pytest.mark.parametrize("kind", ["folder", "gguf"])
+def test_an_opened_source_plans_many_trims_and_reads_nothing_again(kind, copy_fixture, tmp_path, monkeypatch):
+    """A script that makes many variants opens the source once: headers, configs and tokenizer are not read again,
+    and every output is byte-identical to a trim from the path."""
+    from conftest import small_gguf
+
+    import surgery.formats.hf_folder as hf_folder
+    import surgery.tokenizer as tokenizer_module
+    import surgery.verbs.vocab_gguf as vocab_gguf
+
+    src = copy_fixture("qwen-tied-sharded") if kind == "folder" else small_gguf(tmp_path / "m.gguf")
+    opened = surgery.open_source(src)
+    reads = []
+    for module, name in ((hf_folder, "read_header"), (vocab_gguf, "read_gguf")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda path, *a, original=original, **k: reads.append(str(path)) or
+                            original(path, *a, **k))
+    original_load = tokenizer_module.TokenizerFiles.load
+    monkeypatch.setattr(tokenizer_module.TokenizerFiles, "load", classmethod(
+        lambda cls, root: reads.append(str(root)) or original_load.__func__(cls, root)))
+    keeps = [range(40), range(3, 120, 2), [5, 7, 11, 13, 17, 19, 23]] if kind == "folder" else [
+        range(10), range(100, 258), [1, 2, 256, 257]]
+    surgery.prepare_trim(src, range(5), check_output=False)
+    assert [path for path in reads if path.startswith(str(src))]  # the counter sees a plan from the path
+    reads.clear()
+    for i, keep in enumerate(keeps):
+        name = f"a{i}" if kind == "folder" else f"a{i}.gguf"
+        surgery.trim(opened, keep, tmp_path / name)
+    assert not [path for path in reads if path.startswith(str(src))], reads  # the source was not read again
+    monkeypatch.undo()
+    for i, keep in enumerate(keeps):
+        name = f"{i}" if kind == "folder" else f"{i}.gguf"
+        surgery.trim(src, keep, tmp_path / f"b{name}")
+        a, b = tmp_path / f"a{name}", tmp_path / f"b{name}"
+        if kind == "folder":
+            assert tree(a) == tree(b)
+        else:
+            assert a.read_bytes() == b.read_bytes()
+    with pytest.raises(InputError, match="give them to open_source"):
+        surgery.prepare_trim(opened, range(5), tmp_path / "c", vocab_tensors=("x",))
