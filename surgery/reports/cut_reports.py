@@ -11,6 +11,7 @@ of every part). The first tensor that differs is named. Memory stays flat: a blo
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,25 +41,40 @@ def verify_cut(src, out) -> list[Finding]:
 
 
 def _check_tensors(plan, new: Checkpoint) -> Finding:
-    actions = plan.tensor_actions()
-    written = new.tensors()
-    planned = {a.name for a in actions}
-    extra, missing = sorted(set(written) - planned), sorted(planned - set(written))
+    planned = [Planned(a.name, a.entry, a.rows, a.cols, (a.dtype, tuple(a.new_shape)), a.source is not None)
+               for a in plan.tensor_actions()]
+    return check_slices(planned, new.tensors(), lambda got: (got.dtype, tuple(got.shape)))
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One output tensor of a replayed cut: its source, the kept rows and columns, its dtype and shape."""
+
+    name: str
+    source: object  # a safetensors entry or a GGUF tensor
+    rows: np.ndarray | None
+    cols: np.ndarray | None
+    layout: tuple  # what `layout(got)` must return
+    renamed: bool
+
+
+def check_slices(planned: list[Planned], written: dict, layout) -> Finding:
+    """No tensor missing or extra; each with its layout and the bytes of its source slice; the first that differs."""
+    names = {p.name for p in planned}
+    extra, missing = sorted(set(written) - names), sorted(names - set(written))
     if extra or missing:
         return Finding("tensors", False, "output tensors differ from the replayed cut: "
                        + (f"unexpected {extra[0]}" if extra else f"missing {missing[0]}"))
-    for action in actions:
-        got = written[action.name]
-        if got.shape != action.new_shape or got.dtype != action.dtype:
-            return Finding("tensors", False, f"'{action.name}' is {got.dtype} {list(got.shape)}, the cut makes "
-                           f"{action.dtype} {list(action.new_shape)}")
-        bad = first_different_row(action.entry, got, action.rows, action.cols)
+    for p in planned:
+        got = written[p.name]
+        if layout(got) != p.layout:
+            return Finding("tensors", False, f"'{p.name}' is {layout(got)}, the cut makes {p.layout}")
+        bad = first_different_row(p.source, got, p.rows, p.cols)
         if bad is not None:
-            return Finding("tensors", False, f"'{action.name}' differs from its source '{action.source_name}' "
-                           f"(output row {bad})")
-    n_cut = sum(1 for a in actions if a.action == "take")
-    return Finding("tensors", True, f"{len(actions)} tensors equal their source slices ({n_cut} cut, "
-                   f"{sum(1 for a in actions if a.source)} renamed, the rest whole)")
+            return Finding("tensors", False, f"'{p.name}' differs from its source '{p.source.name}' (output row {bad})")
+    n_cut = sum(1 for p in planned if p.rows is not None or p.cols is not None)
+    return Finding("tensors", True, f"{len(planned)} tensors equal their source slices ({n_cut} cut, "
+                   f"{sum(1 for p in planned if p.renamed)} renamed, the rest whole)")
 
 
 def first_different_row(src, got, rows: np.ndarray | None, cols: np.ndarray | None) -> int | None:
@@ -136,23 +152,9 @@ def verify_gguf_cut(src, out) -> list[Finding]:
 
 
 def _check_gguf_tensors(plan, written: dict) -> Finding:
-    planned = {a.name for a in plan.actions}
-    extra, missing = sorted(set(written) - planned), sorted(planned - set(written))
-    if extra or missing:
-        return Finding("tensors", False, "output tensors differ from the replayed cut: "
-                       + (f"unexpected {extra[0]}" if extra else f"missing {missing[0]}"))
-    for action in plan.actions:
-        got = written[action.name]
-        if got.ne != tuple(action.new_ne) or got.ggml_type != action.tensor.ggml_type:
-            return Finding("tensors", False, f"'{action.name}' is {got.dtype} {list(got.ne)}, the cut makes "
-                           f"{action.tensor.dtype} {list(action.new_ne)}")
-        bad = first_different_row(action.tensor, got, action.rows, action.cols)
-        if bad is not None:
-            return Finding("tensors", False, f"'{action.name}' differs from its source '{action.tensor.name}' "
-                           f"(output row {bad})")
-    n_cut = sum(1 for a in plan.actions if a.rows is not None or a.cols is not None)
-    return Finding("tensors", True, f"{len(plan.actions)} tensors equal their source slices ({n_cut} cut, "
-                   f"{sum(1 for a in plan.actions if a.new_name)} renamed, the rest whole)")
+    planned = [Planned(a.name, a.tensor, a.rows, a.cols, (a.tensor.dtype, tuple(a.new_ne)), a.new_name is not None)
+               for a in plan.actions]
+    return check_slices(planned, written, lambda got: (got.dtype, tuple(got.ne)))
 
 
 def _check_gguf_metadata(plan, new: list, record_key: str, record: dict) -> Finding:
