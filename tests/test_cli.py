@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KEEP, leftovers, run_cli, snapshot
+from conftest import CORPUS, FIXTURES, KEEP, leftovers, run_cli, snapshot
 
 from surgery.cli import cli
 
@@ -431,3 +431,30 @@ def test_split_gguf_names_refused_in_one_short_line(runner, tmp_path):
     assert result.exit_code == 1
     assert result.stderr == ("Error: x-00001-of-99999.gguf: 99998 of 99999 split parts missing: x-00002-of-99999.gguf, "
                              "x-00003-of-99999.gguf, x-00004-of-99999.gguf and 99995 more\n")
+
+
+def test_without_torch_the_model_verbs_say_so_and_factor_runs_on_numpy(tmp_path):
+    """The run-time install has no torch: importance, compare and distill refuse in one line; factor and unfactor
+    run their linear algebra on numpy."""
+    import subprocess
+    import sys
+
+    src = FIXTURES / "llama-untied"
+    block = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None; "
+             "sys.argv[0] = 'surgery'; from surgery.cli import main; main()")
+    corpus = CORPUS / "train.txt"
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", block, *map(str, args)], capture_output=True, text=True,
+                              timeout=120)
+
+    factored = run("factor", src, "--param-ratio", "0.5", "-o", tmp_path / "f", "-q")
+    assert factored.returncode == 0, factored.stderr
+    assert run("unfactor", tmp_path / "f", "-o", tmp_path / "d", "-q").returncode == 0
+    for args in (("importance", src, "--corpus", corpus, "-o", tmp_path / "i.json"),
+                 ("compare", src, tmp_path / "f", "--corpus", corpus),
+                 ("distill", src, tmp_path / "f", "--corpus", corpus, "-o", tmp_path / "o")):
+        done = run(*args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith("Error: surgery ") and "pip install 'surgery[torch]'" in done.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "i.json").exists()

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from surgery.training.blocks import process_slice, step_blocks, token_blocks
-from surgery.training.loss import LOSSES, kd_loss_sum
 from surgery.errors import CheckpointError, InputError
 from surgery.mining.corpus import CorpusSpec
 from surgery.engine import EXTRA_HINT, finish_distributed, import_torch, load_causal_lm, load_tokenizer, world_size
 
+LOSSES = ("forward-kl", "reverse-kl")
 DISTILL_RECORD = "surgery_distill.json"
 DISTILL_FORMAT = "surgery-distill/1"
 TRIM_RECORD = "surgery_trim.json"
@@ -123,6 +123,7 @@ def distill(teacher: Path, student: Path, corpora: Iterable[CorpusSpec], out: Pa
         from accelerate import Accelerator
     except ImportError as e:
         raise InputError(f"surgery distill needs accelerate: {EXTRA_HINT}") from e
+    from surgery.training.loss import kd_loss_sum  # torch at import time
     transformers.utils.logging.set_verbosity_error()
     shards = _checkpoint_tensors(student)
     # on a host without GPUs, accelerate starts its gloo processes only when told to run on the CPU

@@ -10,9 +10,9 @@ The step's loss is this sum over the B blocks of the step divided by B·(L−1).
 
 from __future__ import annotations
 
-import torch  # the torch extra: this module is imported only by distill
+import torch  # the torch extra: distill imports this module once torch is known to be there
 
-LOSSES = ("forward-kl", "reverse-kl")
+from surgery.training.distill import LOSSES
 
 
 def kd_loss_sum(student_logits, teacher_logits, input_ids, *, temperature: float = 1.0, loss: str = "forward-kl",
