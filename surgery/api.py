@@ -83,6 +83,13 @@ def is_gguf(path: Path) -> bool:
     return Path(path).suffix == ".gguf" and not Path(path).is_dir()
 
 
+def _corpus_specs(corpora: Iterable) -> list:
+    """--corpus values as CorpusSpec (a spec passes through; a path or `PATH:WEIGHT:MAX_DOCS` string is parsed)."""
+    from surgery.mining.corpus import CorpusSpec
+
+    return [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
+
+
 def _source(src) -> Path:
     """The checkpoint path, refused in one line when it is a symlink loop, a pipe or a device."""
     src = Path(src)
@@ -450,7 +457,6 @@ def distill(teacher, student, corpora: Iterable, out, *, eval_corpora: Iterable 
     from surgery.engine import world_size
     from surgery.training.distill import DistillOptions, check_options
     from surgery.training.distill import distill as run_distill
-    from surgery.mining.corpus import CorpusSpec
 
     teacher, student, out = _source(teacher), _source(student), Path(out)
     for path, what in ((teacher, "teacher"), (student, "student")):
@@ -464,10 +470,10 @@ def distill(teacher, student, corpora: Iterable, out, *, eval_corpora: Iterable 
     if out.resolve() == teacher.resolve() or teacher.resolve() in out.resolve().parents:
         raise InputError(f"{out}: output must not be the teacher or inside it")
     check_folder_output(student, out, settings.force)
-    specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
+    specs = _corpus_specs(corpora)
     if not specs:
         raise InputError("distill needs at least one --corpus")
-    evals = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in eval_corpora]
+    evals = _corpus_specs(eval_corpora)
     return run_distill(teacher, student, specs, out, settings, eval_corpora=evals, progress=progress)
 
 
@@ -479,10 +485,9 @@ def importance(src, corpora: Iterable, output=None, **options) -> dict:
     """
     import json
 
-    from surgery.mining.corpus import CorpusSpec
     from surgery.mining.importance import compute_importance
 
-    specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
+    specs = _corpus_specs(corpora)
     scores = compute_importance(_source(src), specs, **options)
     if output is not None:
         Path(output).write_text(json.dumps(scores) + "\n")
@@ -495,10 +500,9 @@ def compare(src, outs: Iterable, corpora: Iterable, **options) -> dict:
 
     Options: max_docs (per corpus, 256), max_length (512), batch_size, device, progress.
     """
-    from surgery.mining.corpus import CorpusSpec
     from surgery.reports.compare import compare_models
 
-    specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
+    specs = _corpus_specs(corpora)
     if not specs:
         raise InputError("compare needs at least one corpus")
     return compare_models(_source(src), [_source(out) for out in outs], specs, **options)
@@ -514,10 +518,9 @@ def keep(src, corpora: Iterable, output=None, **options):
     keep_ids, keep_tokens, pad_to_multiple_of, drop_reserved, tokenizer_dir, vocab_tensors, not_vocab_tensors,
     progress. Returns a MinedKeepList (`.ids`, `.figures`, `.ids_text()`); with `output`, also writes the list.
     """
-    from surgery.mining.corpus import CorpusSpec
     from surgery.mining.keep_mining import mine_keep_list
 
-    specs = [c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora]
+    specs = _corpus_specs(corpora)
     if not specs:
         raise InputError("keep needs at least one corpus")
     mined = mine_keep_list(_source(src), specs, **options)
@@ -579,9 +582,8 @@ def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, voc
             return VerifyResult(verify_gguf_cut(src, out))
 
         return VerifyResult(compare_gguf(src, out, tuple(vocab_tensors), tuple(not_vocab_tensors)))
-    from surgery.mining.corpus import CorpusSpec
     from surgery.reports.comparison import compare_checkpoints
 
-    specs = tuple(c if isinstance(c, CorpusSpec) else CorpusSpec.parse(str(c)) for c in corpora)
+    specs = tuple(_corpus_specs(corpora))
     return VerifyResult(compare_checkpoints(src, out, specs, max_docs, vocab_tensors=tuple(vocab_tensors),
                                             not_vocab_tensors=tuple(not_vocab_tensors)))

@@ -85,6 +85,17 @@ def finish_distributed() -> None:
         dist.destroy_process_group()
 
 
+def cpu_processes(torch) -> bool:
+    """Whether accelerate must be told to join its processes on the CPU: launched, and no GPU (otherwise accelerate
+    runs each launched process alone)."""
+    return world_size() > 1 and not torch.cuda.is_available()
+
+
+def check_joined(count: int) -> None:
+    if count != world_size():
+        raise InputError(f"the launcher started {world_size()} processes but accelerate joined {count}")
+
+
 def processes():
     """One process, or this process's place under `accelerate launch` / torchrun: `index`, `count`, and
     `gather(obj)`, the list of every process's obj in rank order."""
@@ -94,10 +105,8 @@ def processes():
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    # on a host without GPUs, accelerate joins its gloo processes only when told to run on the CPU
-    state = PartialState(cpu=not torch.cuda.is_available())
-    if state.num_processes != world_size():
-        raise InputError(f"the launcher started {world_size()} processes but accelerate joined {state.num_processes}")
+    state = PartialState(cpu=cpu_processes(torch))
+    check_joined(state.num_processes)
 
     class _Distributed:
         index, count = state.process_index, state.num_processes

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from surgery.formats.hf_folder import Checkpoint, load_json
-from surgery.formats.safetensors import READ_BLOCK_NBYTES
+from surgery.formats.safetensors import READ_BLOCK_NBYTES, read_rows
 from surgery.reports.comparison import Finding
 from surgery.verbs.layers import LAYERS_RECORD, plan_drop_layers
 from surgery.verbs.width import PRUNE_RECORD, cut_from_record, plan_cut
@@ -80,11 +80,10 @@ def check_slices(planned: list[Planned], written: dict, layout) -> Finding:
 def first_different_row(src, got, rows: np.ndarray | None, cols: np.ndarray | None) -> int | None:
     """The first output row whose bytes differ from source rows[row] (its columns `cols`), whole tensors read in
     blocks through memory maps."""
+    source, output = read_rows(src), read_rows(got)
     if not src.shape:
-        return None if _bytes(src).tobytes() == _bytes(got).tobytes() else 0
+        return None if np.array_equal(source, output) else 0
     n_rows = src.shape[0]
-    source = _bytes(src).reshape(n_rows, -1)
-    output = _bytes(got).reshape(got.shape[0], -1)
     rows = np.arange(n_rows) if rows is None else np.asarray(rows)
     per_block = max(1, READ_BLOCK_NBYTES // max(source.shape[1], 1))
     for start in range(0, len(rows), per_block):
@@ -95,10 +94,6 @@ def first_different_row(src, got, rows: np.ndarray | None, cols: np.ndarray | No
         if not np.array_equal(want, have):
             return start + int(np.argmax(np.any(want != have, axis=1)))
     return None
-
-
-def _bytes(entry) -> np.ndarray:
-    return np.memmap(entry.path, dtype=np.uint8, mode="r", offset=entry.begin, shape=(entry.nbytes,))
 
 
 def _check_files(plan, out, record_name: str, record: dict) -> Finding:

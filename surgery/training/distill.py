@@ -27,7 +27,15 @@ import numpy as np
 from surgery.training.blocks import process_slice, step_blocks, token_blocks
 from surgery.errors import CheckpointError, InputError
 from surgery.mining.corpus import CorpusSpec
-from surgery.engine import EXTRA_HINT, finish_distributed, import_torch, load_causal_lm, load_tokenizer, world_size
+from surgery.engine import (
+    EXTRA_HINT,
+    check_joined,
+    cpu_processes,
+    finish_distributed,
+    import_torch,
+    load_causal_lm,
+    load_tokenizer,
+)
 
 LOSSES = ("forward-kl", "reverse-kl")
 DISTILL_RECORD = "surgery_distill.json"
@@ -117,8 +125,7 @@ def _checkpoint_tensors(student: Path) -> list:
 
 def distill(teacher: Path, student: Path, corpora: Iterable[CorpusSpec], out: Path, options: DistillOptions, *,
             eval_corpora: Iterable[CorpusSpec] = (), progress: Progress | None = None) -> dict:
-    check_options(options, world_size())
-    torch, transformers = import_torch("distill")
+    torch, transformers = import_torch("distill")  # the options were checked by the caller (api.distill)
     try:
         from accelerate import Accelerator
     except ImportError as e:
@@ -126,13 +133,9 @@ def distill(teacher: Path, student: Path, corpora: Iterable[CorpusSpec], out: Pa
     from surgery.training.loss import kd_loss_sum  # torch at import time
     transformers.utils.logging.set_verbosity_error()
     shards = _checkpoint_tensors(student)
-    # on a host without GPUs, accelerate starts its gloo processes only when told to run on the CPU
-    accelerator = Accelerator(mixed_precision="bf16" if options.bf16 else "no",
-                              cpu=world_size() > 1 and not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision="bf16" if options.bf16 else "no", cpu=cpu_processes(torch))
     processes, rank = accelerator.num_processes, accelerator.process_index
-    if processes != world_size():
-        raise InputError(f"the launcher started {world_size()} processes but accelerate joined {processes}")
-    check_options(options, processes)
+    check_joined(processes)
     torch.manual_seed(options.seed)
     teacher_model, _ = _load(teacher, torch, "teacher")
     student_model, tokenizer = _load(student, torch, "student")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from surgery.dtypes import FLOAT_DTYPES, decode
 from surgery.edit.compute import Compute, Copy, Output, check_written, folder_output, nbytes
 from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.formats.hf_folder import CONFIG, NATIVE_CONFIG, Checkpoint, dump_json
-from surgery.formats.safetensors import TensorEntry, expected_nbytes
+from surgery.formats.safetensors import TensorEntry, expected_nbytes, read_rows
 from surgery.lowrank.linalg import Decomposition, Engine
 from surgery.lowrank.ranks import RankRule
 from surgery.model.factor_targets import candidate_module, factor_names, weight_name
@@ -69,21 +68,7 @@ class Target:
         return self.m * self.n if rank is None else rank * (self.m + self.n)
 
     def read(self, name: str) -> np.ndarray:
-        entry = {e.name: e for e in (self.weight, self.up, self.down) if e is not None}[name]
-        with open(entry.path, "rb") as f:
-            raw = _pread_all(f.fileno(), entry.nbytes, entry.begin)
-        return decode(raw, entry.dtype, entry.shape)
-
-
-def _pread_all(fd: int, nbytes: int, offset: int) -> bytes:
-    parts, done = [], 0
-    while done < nbytes:
-        chunk = os.pread(fd, nbytes - done, offset + done)
-        if not chunk:
-            raise CheckpointError(f"tensor bytes end early at offset {offset + done}")
-        parts.append(chunk)
-        done += len(chunk)
-    return b"".join(parts)
+        return decode_entry({e.name: e for e in (self.weight, self.up, self.down) if e is not None}[name])
 
 
 @dataclass(frozen=True)
@@ -367,8 +352,8 @@ def check_factor_output(plan: FactorPlan, member: Member, out: Path) -> None:
 
 
 def decode_entry(entry: TensorEntry) -> np.ndarray:
-    with open(entry.path, "rb") as f:
-        return decode(_pread_all(f.fileno(), entry.nbytes, entry.begin), entry.dtype, entry.shape)
+    """A float tensor's values (float32), read through a memory map of its bytes."""
+    return decode(read_rows(entry).reshape(-1), entry.dtype, entry.shape)
 
 
 def _bad_factor_row(plan: FactorPlan, target: Target, up: np.ndarray, down: np.ndarray) -> int | None:
