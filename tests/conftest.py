@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,35 @@ def small_gguf(path: Path, extra_kvs=(), blocks=(0, 1)) -> Path:
     data[:] = np.random.default_rng(0).standard_normal(len(data) // 4).astype(np.float32).tobytes()
     path.write_bytes(header + bytes(data))
     return path
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A tiny model family for the verb tests: its transformers config and model classes and their options."""
+
+    name: str
+    config: str
+    model: str
+    kwargs: dict = field(default_factory=dict)
+
+
+def build_tiny(arch: Arch, root: Path, base: dict, dtype=None):
+    """A tiny random model of `arch` saved to `root` (seeded), biases and norms drawn at random so they count;
+    phi3-fused takes no head_dim. Returns the model."""
+    import torch
+    import transformers
+
+    kwargs = {**base, **arch.kwargs}
+    if arch.name == "phi3-fused":
+        kwargs.pop("head_dim")
+    config = getattr(transformers, arch.config)(**kwargs)
+    torch.manual_seed(0)
+    model = getattr(transformers, arch.model)(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.normal_()  # untrained biases are zero and norms one: make them count
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(root)
+    return model

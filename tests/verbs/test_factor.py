@@ -8,18 +8,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import leftovers, run_cli, snapshot
+from conftest import Arch, build_tiny, leftovers, run_cli, snapshot
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
 import surgery
 from surgery.cli import cli
-from surgery.errors import CheckpointError, InputError, VerifyError
+from surgery.errors import CheckpointError, VerifyError
 from surgery.lowrank.linalg import Decomposition
 from surgery.model.factored_modeling import MODELING_FILE, trusted_code
 
@@ -28,14 +27,6 @@ transformers = pytest.importorskip("transformers")
 
 BASE = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
-
-
-@dataclass(frozen=True)
-class Arch:
-    name: str
-    config: str
-    model: str
-    kwargs: dict = field(default_factory=dict)
 
 
 ARCHS = [
@@ -50,20 +41,7 @@ IDS = torch.randint(3, 96, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
 def build(arch: Arch, root: Path, dtype=None):
-    kwargs = {**BASE, **arch.kwargs}
-    if arch.name == "phi3-fused":
-        kwargs.pop("head_dim")
-    config = getattr(transformers, arch.config)(**kwargs)
-    torch.manual_seed(0)
-    model = getattr(transformers, arch.model)(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                param.normal_()  # untrained biases are zero and norms one: make them count
-    if dtype is not None:
-        model = model.to(dtype)
-    model.save_pretrained(root)
-    return model
+    return build_tiny(arch, root, BASE, dtype)
 
 
 def logits(model, ids=IDS):

@@ -5,12 +5,11 @@ the kept units are the top-N of the importance file."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import Arch, build_tiny, run_cli
 from safetensors.numpy import load_file
 
 torch = pytest.importorskip("torch")
@@ -18,14 +17,6 @@ transformers = pytest.importorskip("transformers")
 
 BASE = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
-
-
-@dataclass(frozen=True)
-class Arch:
-    name: str
-    config: str
-    model: str
-    kwargs: dict = field(default_factory=dict)
 
 
 ARCHS = [
@@ -39,18 +30,7 @@ MOE = Arch("qwen3-moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
 
 
 def build(arch: Arch, root: Path):
-    kwargs = {**BASE, **arch.kwargs}
-    if arch.name == "phi3-fused":
-        kwargs.pop("head_dim")
-    config = getattr(transformers, arch.config)(**kwargs)
-    torch.manual_seed(0)
-    model = getattr(transformers, arch.model)(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                param.normal_()  # untrained biases are zero and norms one: make them count
-    model.save_pretrained(root)
-    return model
+    return build_tiny(arch, root, BASE)
 
 
 def importance(path: Path, n_layers=2, mlp=48, heads=4, hidden=32, experts=4) -> dict:
