@@ -130,6 +130,7 @@ class Arch:
     config: str
     model: str
     kwargs: dict = field(default_factory=dict)
+    shard_size: str | None = None  # save_pretrained's max_shard_size, where a test wants several shards
 
 
 def build_tiny(arch: Arch, root: Path, base: dict, dtype=None):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TOKENIZERS, run_cli
+from conftest import TOKENIZERS, Arch, run_cli
 from safetensors.numpy import load_file
 
 torch = pytest.importorskip("torch")
@@ -19,15 +18,6 @@ transformers = pytest.importorskip("transformers")
 BASE = dict(vocab_size=800, hidden_size=16, intermediate_size=32, num_hidden_layers=6, num_attention_heads=2,
             num_key_value_heads=1, max_position_embeddings=128)
 SEQ = 12  # longer than every sliding window below, so sliding and full layers differ
-
-
-@dataclass(frozen=True)
-class Arch:
-    name: str
-    config: str
-    model: str
-    kwargs: dict = field(default_factory=dict)
-    shard_size: str | None = None
 
 
 ARCHS = [
