@@ -3,62 +3,37 @@
     python benchmarks/bench_trim.py                      # qwen3-4b and llama3-8b (needs ~70 GB of disk)
     python benchmarks/bench_trim.py tiny --no-transformers
 
-Each run is a subprocess; its wall time includes `sync` of what it wrote, and its peak RSS comes from
-wait4(). Before each run the source files are evicted from the page cache (posix_fadvise DONTNEED), so every
-run reads from disk: the cache is cold unless --warm is given. Synthetic checkpoints are cached in
---workdir (default benchmarks/out/, ignored by git) and never committed.
+Each run is a subprocess; its wall time includes `sync` of what it wrote, and its peak RSS comes from GNU
+time. Before each run the source files are evicted from the page cache (`--caches source`), or every cache is
+dropped (`--caches all`, root: the interpreter and numpy load from disk too, as on a first run), or nothing
+(`--caches warm`); see timing.py. `--baseline REV` times another revision's trim in the same rounds.
+Synthetic checkpoints are cached in --workdir (default benchmarks/out/, ignored by git) and never committed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from synthetic import SHAPES, write_checkpoint  # noqa: E402
+from timing import CACHE_MODES, baseline_env, median, prepare_caches, timed  # noqa: E402
 
 TRANSFORMERS_TRIM = HERE / "transformers_trim.py"
-
-
-def evict(root: Path) -> None:
-    """Drop a folder's files from the page cache, so the next read comes from disk."""
-    for path in root.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
-def timed(command: list[str], workdir: Path) -> tuple[float, int]:
-    """Wall seconds (command + sync) and peak RSS in bytes of one subprocess.
-
-    RSS comes from GNU time: a child forked from this (large) Python process would inherit its high-water mark.
-    """
-    rss_file = workdir / "rss.txt"
-    started = time.perf_counter()
-    result = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *command],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    os.sync()
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(command)}\n{result.stderr}")
-    return elapsed, int(rss_file.read_text().split()[-1]) * 1024
+CACHE_TEXT = {"source": "cold source (evicted before each run)",
+              "all": "all caches dropped before each run (interpreter and libraries too)", "warm": "warm"}
 
 
 def folder_nbytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def bench(shape: str, workdir: Path, n_keep: int, transformers: bool, warm: bool, repeat: int) -> dict:
+def bench(shape: str, workdir: Path, n_keep: int, transformers: bool, caches: str, repeat: int,
+          baseline: str | None = None) -> dict:
     src = workdir / f"{shape}-synthetic"
     if not (src / "config.json").exists():
         shutil.rmtree(src, ignore_errors=True)
@@ -72,29 +47,32 @@ def bench(shape: str, workdir: Path, n_keep: int, transformers: bool, warm: bool
         "surgery trim": surgery + ["-o", str(workdir / "out-surgery")],
         "surgery trim --link-unchanged": surgery + ["-o", str(workdir / "out-link"), "--link-unchanged"],
     }
+    envs = {}
+    if baseline:
+        name = f"surgery trim @{baseline}"
+        runs[name] = surgery + ["-o", str(workdir / "out-baseline")]
+        envs[name] = baseline_env(baseline, workdir)
     if transformers:
         runs["transformers trim"] = [sys.executable, str(TRANSFORMERS_TRIM), str(src), str(keep),
                                      str(workdir / "out-transformers")]
     results = {"shape": shape, "checkpoint_nbytes": folder_nbytes(src), "kept_ids": n_keep, "repeat": repeat,
-               "page_cache": "warm" if warm else "cold (source evicted before each run)", "runs": {}}
+               "page_cache": CACHE_TEXT[caches], "runs": {}}
     for round_index in range(repeat):  # rounds interleave the runs, so a slow spell hits them alike
         for name, command in runs.items():
             if name == "transformers trim" and round_index:
                 continue  # slow and memory-hungry: once is enough to compare
             out = Path(command[command.index("-o") + 1]) if "-o" in command else Path(command[-1])
             shutil.rmtree(out, ignore_errors=True)
-            os.sync()
-            if not warm:
-                evict(src)
+            prepare_caches(caches, src)
             print(f"{shape}: {name} (round {round_index + 1}) ...", file=sys.stderr)
-            seconds, rss = timed(command, workdir)
+            seconds, rss = timed(command, workdir, envs.get(name))
             run = results["runs"].setdefault(name, {"times": [], "peak_rss_bytes": 0})
             run["times"].append(round(seconds, 2))
             run["peak_rss_bytes"] = max(run["peak_rss_bytes"], rss)
             run["output_nbytes"] = folder_nbytes(out)
             shutil.rmtree(out, ignore_errors=True)
     for run in results["runs"].values():
-        run["seconds"] = sorted(run["times"])[len(run["times"]) // 2]  # the median
+        run["seconds"] = median(run["times"])
     return results
 
 
@@ -118,7 +96,9 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=30_000, help="number of ids kept (the first N)")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers-based trim")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the cp and surgery runs (median kept)")
-    parser.add_argument("--warm", action="store_true", help="do not evict the source from the page cache")
+    parser.add_argument("--caches", choices=CACHE_MODES, default="source",
+                        help="before each run evict the source (default), drop every cache (root), or nothing")
+    parser.add_argument("--baseline", metavar="REV", help="also time the trim of this git revision, interleaved")
     parser.add_argument("--delete", action="store_true", help="delete each synthetic checkpoint when done")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -128,7 +108,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     all_results = []
     for shape in args.shapes:
-        results = bench(shape, args.workdir, args.keep, not args.no_transformers, args.warm, args.repeat)
+        results = bench(shape, args.workdir, args.keep, not args.no_transformers, args.caches, args.repeat,
+                        args.baseline)
         all_results.append(results)
         print(report(results), flush=True)
         if args.delete:

@@ -50,6 +50,11 @@ SHAPES = {
     # Qwen/Qwen3-0.6B config.json: bf16, tied, one shard; the size most people trim
     "qwen3-0.6b": Shape("qwen3", "Qwen3ForCausalLM", 151936, 151669, 1024, 3072, 28, 16, 8, 128, True, 5 * 10**9,
                         qk_norm=True),
+    # google/gemma-3-270m config.json: 262k SentencePiece vocabulary, tied; the GGUFs people download are small
+    "gemma3-270m": Shape("gemma3_text", "Gemma3ForCausalLM", 262144, 262144, 640, 2048, 18, 4, 1, 256, True,
+                         5 * 10**9, qk_norm=True),
+    # HuggingFaceTB/SmolLM2-135M config.json: 49k byte-level BPE, tied
+    "smollm2-135m": Shape("llama", "LlamaForCausalLM", 49152, 49152, 576, 1536, 30, 9, 3, 64, True, 5 * 10**9),
     # small, for the memory test and CI: the real Qwen vocabulary with a narrow model
     "tiny": Shape("qwen3", "Qwen3ForCausalLM", 151936, 151669, 1024, 1024, 2, 8, 2, 128, True, 300 * 10**6,
                   qk_norm=True),

@@ -17,8 +17,6 @@ import click
 from surgery import __version__, api
 from surgery.cli.progress import CorpusMeter, progress_bar
 from surgery.errors import SurgeryError, VerifyError
-from surgery.reports.comparison import findings_json
-from surgery.reports.inspection import render
 
 LOG = logging.getLogger("surgery")
 
@@ -156,6 +154,8 @@ def inspect(ckpt: Path, keep_path: Path | None, as_json: bool, vocab_tensors: tu
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
+    from surgery.reports.inspection import render
+
     click.echo(render(report))
     if job is not None:
         click.echo("plan:\n" + "\n".join("  " + line for line in job.describe().splitlines()[1:]))
@@ -191,6 +191,8 @@ def verify_command(ckpt: Path, out: Path, corpora: tuple[str, ...], max_docs: in
     findings = api.verify(ckpt, out, corpora, max_docs, vocab_tensors=vocab_tensors,
                           not_vocab_tensors=not_vocab_tensors).findings
     if as_json:
+        from surgery.reports.comparison import findings_json
+
         click.echo(findings_json(findings))
     for finding in findings:
         if not quiet or not finding.ok:

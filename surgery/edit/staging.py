@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ Progress = Callable[[int], None]  # called with the number of bytes just written
 
 
 def partial_path(target: Path) -> Path:
-    return target.parent / f".{target.name}{PARTIAL}{os.getpid()}-{secrets.token_hex(4)}"
+    return target.parent / f".{target.name}{PARTIAL}{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def remove_stale_partials(target: Path) -> None:
@@ -96,7 +95,7 @@ def write_folders(outs: list[Path], write: Callable[[list[Path]], None], check: 
 
 def _replace(tmp: Path, out: Path) -> None:
     if out.exists():  # --force: the old OUT is moved aside first, then removed
-        aside = out.parent / f".{out.name}.replaced-{secrets.token_hex(4)}"
+        aside = out.parent / f".{out.name}.replaced-{os.urandom(4).hex()}"
         out.rename(aside)
         tmp.rename(out)
         shutil.rmtree(aside, ignore_errors=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from surgery.errors import CheckpointError
 from surgery.formats.paths import open_regular
+from surgery.formats.pretty_json import dumps_indented
 from surgery.formats.safetensors import ShardHeader, TensorEntry, read_header
 
 SINGLE_SHARD = "model.safetensors"
@@ -192,4 +193,4 @@ def load_json(path: Path, *, missing_hint: str | None = None):
 
 def dump_json(data: object) -> bytes:
     """JSON as Hugging Face writes its config files: indented, UTF-8, trailing newline."""
-    return (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    return (dumps_indented(data) + "\n").encode("utf-8")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -28,6 +30,21 @@ def merge_result(a: str, b: str, prefix: str) -> str:
 
 
 PairRank = Callable[[str, str], "tuple[float, str] | None"]  # (rank, merged symbol) or None if no merge
+SHORT_WORD = 64  # up to this many symbols a word is replayed by scanning (faster in Python than a heap)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeTable:
+    """A PairRank for merges whose result is the concatenation a + b, read from one dict: by `a + sep + b` (the
+    "a b" strings of gpt2 merges, rank = index) or, with sep None, by the result (SentencePiece: rank = -score).
+    merge_path replays short words against the dict directly, without a call per pair."""
+
+    ranks: dict[str, float]
+    sep: str | None
+
+    def __call__(self, a: str, b: str) -> tuple[float, str] | None:
+        rank = self.ranks.get(a + b if self.sep is None else a + self.sep + b)
+        return None if rank is None else (rank, a + b)
 
 
 def merge_path(symbols: list[str], pair_rank: PairRank) -> tuple[list[str], list[str]]:
@@ -38,6 +55,8 @@ def merge_path(symbols: list[str], pair_rank: PairRank) -> tuple[list[str], list
     = -score). A heap of candidate pairs over a linked list of symbols, as tokenizers' word.rs does: O(n log n)
     in the word's length, so a hostile 512 KiB token costs seconds, not hours.
     """
+    if isinstance(pair_rank, MergeTable) and len(symbols) <= SHORT_WORD:
+        return _merge_path_table(symbols, pair_rank.ranks, pair_rank.sep)
     seen = list(symbols)
     n = len(symbols)
     if n < 2:
@@ -73,6 +92,32 @@ def merge_path(symbols: list[str], pair_rank: PairRank) -> tuple[list[str], list
             push(prv[left])
         push(left)
     return [t for t in text if t is not None], seen
+
+
+def _merge_path_table(symbols: list[str], ranks: dict[str, float], sep: str | None) -> tuple[list[str], list[str]]:
+    """merge_path for a MergeTable: one rank per adjacent pair in a list, the lowest found by min() and the
+    leftmost of equals by index(), both in C; after a merge only its two neighbours are looked up again."""
+    text = list(symbols)
+    seen = list(symbols)
+    get, inf = ranks.get, math.inf
+    if sep is None:
+        pair = [get(a + b, inf) for a, b in zip(text, text[1:])]
+    else:
+        pair = [get(a + sep + b, inf) for a, b in zip(text, text[1:])]
+    while pair:
+        best = min(pair)
+        if best == inf:
+            break
+        i = pair.index(best)
+        merged = text[i] + text[i + 1]
+        text[i : i + 2] = [merged]
+        seen.append(merged)
+        del pair[i]
+        if i > 0:
+            pair[i - 1] = get(text[i - 1] + merged if sep is None else text[i - 1] + sep + merged, inf)
+        if i < len(pair):
+            pair[i] = get(merged + text[i + 1] if sep is None else merged + sep + text[i + 1], inf)
+    return text, seen
 
 
 def merge_closure(

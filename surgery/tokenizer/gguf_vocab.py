@@ -21,6 +21,7 @@ from surgery.tokenizer import RESERVED_PATTERNS, RuleAdditions
 from surgery.tokenizer.bpe import (
     BYTE_FALLBACK_PIECES,
     BYTE_LEVEL_ALPHABET,
+    MergeTable,
     merge_closure,
 )
 
@@ -68,9 +69,7 @@ class GgufVocab:
         id_keys = {kv.key: kv.value for kv in gguf.kvs.values() if _names_ids(kv.key)}
         template = "\n".join(str(kv.value) for kv in gguf.kvs.values() if kv.key.startswith(CHAT_TEMPLATE_PREFIX)
                              and kv.type == STRING)
-        lookup: dict[str, int] = {}
-        for old_id, token in enumerate(tokens):
-            lookup.setdefault(token, old_id)
+        lookup = dict(zip(reversed(tokens), range(n - 1, -1, -1)))  # token -> its first id
         return cls(name, str(gguf.get("general.architecture", "")), model, tuple(tokens), types, scores,
                    tuple(merges) if merges is not None else None, id_keys, template, lookup)
 
@@ -118,23 +117,20 @@ class GgufVocab:
         return rules.rules
 
     def closure_builder(self) -> Callable[[set[int]], set[int]]:
-        lookup = self.token_to_id()
+        lookup, tokens, types = self.token_to_id(), self.tokens, self.types.tolist()
         if self.model == "gpt2":
-            ranks = {merge: rank for rank, merge in enumerate(self.merges or ())}  # "a b", as llama.cpp reads
-
-            def pair_rank(a: str, b: str):
-                rank = ranks.get(f"{a} {b}")
-                return None if rank is None else (rank, a + b)
-        else:
-            mergeable = {t: i for t, i in lookup.items() if self.types[i] in (NORMAL, USER_DEFINED)}
-            scores = self.scores if self.scores is not None else np.zeros(len(self.tokens), np.float32)
-
-            def pair_rank(a: str, b: str):
-                index = mergeable.get(a + b)
-                return None if index is None else (-float(scores[index]), a + b)
+            merges = self.merges or ()  # "a b", as llama.cpp reads them
+            pair_rank = MergeTable(dict(zip(merges, range(len(merges)))), " ")
+        else:  # a piece merges into the first id of its text when that id is NORMAL or USER_DEFINED
+            negated = (-self.scores).tolist() if self.scores is not None else [0.0] * len(tokens)
+            ranks = dict(zip(reversed(tokens), reversed(negated)))  # the first id's score
+            for old_id in np.flatnonzero(~np.isin(self.types, (NORMAL, USER_DEFINED))).tolist():
+                if lookup[tokens[old_id]] == old_id:
+                    del ranks[tokens[old_id]]
+            pair_rank = MergeTable(ranks, None)
 
         def closure(kept: set[int]) -> set[int]:
-            words = [self.tokens[i] for i in kept if 0 <= i < len(self.tokens) and self.types[i] == NORMAL]
+            words = [tokens[i] for i in kept if 0 <= i < len(tokens) and types[i] == NORMAL]
             return {lookup[s] for s in merge_closure(words, list, pair_rank) if s in lookup}
 
         return closure
@@ -194,16 +190,17 @@ def kept_merges(merges: list[str], tokens: list[str]) -> list[str]:
     Found from the kept side: every split of every kept token whose "a b" string is a merge (and splits back to
     a, b by llama.cpp's rule), so the cost follows the kept tokens, not the 150k merges.
     """
-    rank_of = {merge: rank for rank, merge in enumerate(merges)}
+    rank_of = dict(zip(merges, range(len(merges))))
     kept_set = set(tokens)
     ranks = set()
     for token in kept_set:
         for cut in range(1, len(token)):
             a, b = token[:cut], token[cut:]
-            merge = f"{a} {b}"
-            rank = rank_of.get(merge)
-            if rank is not None and a in kept_set and b in kept_set and split_merge(merge) == (a, b):
-                ranks.add(rank)
+            if a in kept_set and b in kept_set:
+                merge = a + " " + b
+                rank = rank_of.get(merge)
+                if rank is not None and split_merge(merge) == (a, b):
+                    ranks.add(rank)
     return [merges[rank] for rank in sorted(ranks)]
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from surgery.errors import CheckpointError
+from surgery.formats.pretty_json import dumps_indented
 from surgery.tokenizer.bpe import (
+    MergeTable,
     BYTE_FALLBACK_PIECES,
     BYTE_LEVEL_ALPHABET,
     merge_closure,
@@ -155,13 +157,19 @@ class HfTokenizerJson:
         vocab: dict[str, int] = self.model["vocab"]
         prefix = self.model.get("continuing_subword_prefix") or ""
         suffix = self.model.get("end_of_word_suffix") or ""
-        ranks = {tuple(pair): rank for rank, pair in enumerate(self.merge_pairs())}
+        pairs = self.merge_pairs()
+        if not prefix and not any(" " in token for token in vocab):
+            # the result is a + b and no symbol holds a space: "a b" keys are unambiguous (a repeated merge
+            # takes its last rank, as tokenizers' merge map does)
+            pair_rank = MergeTable({f"{a} {b}": rank for rank, (a, b) in enumerate(pairs)}, " ")
+        else:
+            ranks = {pair: rank for rank, pair in enumerate(pairs)}
 
-        def pair_rank(a: str, b: str):
-            rank = ranks.get((a, b))
-            if rank is None:
-                return None
-            return rank, merge_result(a, b, prefix)
+            def pair_rank(a: str, b: str):
+                rank = ranks.get((a, b))
+                if rank is None:
+                    return None
+                return rank, merge_result(a, b, prefix)
 
         def initial_symbols(token: str) -> list[str]:
             body, ends_word = (token[: -len(suffix)], True) if suffix and token.endswith(suffix) else (token, False)
@@ -233,7 +241,7 @@ class HfTokenizerJson:
         padding = data.get("padding")
         if isinstance(padding, dict) and isinstance(padding.get("pad_id"), int):
             data["padding"] = {**padding, "pad_id": new_id(padding["pad_id"])}
-        return json.dumps(data, ensure_ascii=False, indent=2) + "\n", dropped_merges
+        return dumps_indented(data) + "\n", dropped_merges
 
 
 def _infer_model_type(model: dict) -> str | None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from surgery.errors import CheckpointError
-from surgery.tokenizer.bpe import merge_closure
+from surgery.tokenizer.bpe import MergeTable, merge_closure
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 UNIGRAM, BPE = 1, 2
@@ -71,9 +71,7 @@ class SpModel:
         pieces = self.proto.pieces
         index_of = {p.piece: index for index, p in enumerate(pieces) if p.type in (NORMAL, USER_DEFINED)}
         if self.proto.trainer_spec.model_type == BPE:
-            def pair_rank(a: str, b: str):
-                index = index_of.get(a + b)
-                return None if index is None else (-pieces[index].score, a + b)
+            pair_rank = MergeTable({text: -pieces[index].score for text, index in index_of.items()}, None)
 
             def closure(kept: set[int]) -> set[int]:
                 tokens = [pieces[index].piece for index in kept if pieces[index].type == NORMAL]

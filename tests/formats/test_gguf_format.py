@@ -13,7 +13,6 @@ from llama_cpp_tools import vendored_llama_cpp
 from surgery.errors import CheckpointError
 from surgery.formats.gguf import (
     ARRAY,
-    FLOAT32,
     FLOAT64,
     INT32,
     STRING,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from surgery.tokenizer.bpe import merge_path
+from surgery.tokenizer.bpe import MergeTable, merge_path
 
 
 def reference_merge_path(symbols, pair_rank):
@@ -52,3 +52,21 @@ def test_a_long_token_replays_in_about_linear_steps():
     final, seen = merge_path(list("a" * 2**17), rank)
     assert "".join(final) == "a" * 2**17 and all(len(s) == 8 for s in final)
     assert calls < 4 * 2**17  # each merge re-ranks only its two neighbours
+
+
+def test_a_merge_table_replays_as_its_pair_rank():
+    """The fast path for dict-ranked merges (gpt2 "a b" strings; SentencePiece scores by result) is the replay."""
+    rng = random.Random(1)
+    by_pair, by_result = {}, {}
+    for rank in range(400):
+        a = "".join(rng.choice("abcd") for _ in range(rng.randint(1, 3)))
+        b = "".join(rng.choice("abcd") for _ in range(rng.randint(1, 3)))
+        by_pair.setdefault(f"{a} {b}", rank)
+        by_result.setdefault(a + b, -rng.choice([0.5, 1.0, 2.0, float(rank)]))  # ties among scores too
+    for table in (MergeTable(by_pair, " "), MergeTable(by_result, None)):
+        def rank(a, b, table=table):
+            return table(a, b)
+
+        for _ in range(2000):
+            word = list("".join(rng.choice("abcd") for _ in range(rng.randint(1, 80))))
+            assert merge_path(word, table) == reference_merge_path(word, rank)
