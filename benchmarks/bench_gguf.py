@@ -51,6 +51,9 @@ def bench(spec: str, workdir: Path, n_keep: int, repeat: int, caches: str = "sou
     runs = {"cp": ["cp", str(src), str(out_cp)],
             "surgery trim": [sys.executable, "-m", "surgery", "trim", str(src), "--keep", str(keep), "-o",
                              str(out_trim), "-q", "--force"]}
+    # the floor of any Python tool: the interpreter with the modules a trim imports, nothing done
+    runs["python + imports"] = [sys.executable, "-c", "import surgery.cli, surgery.tokenizer.gguf_vocab, "
+                                "surgery.edit.execute"]
     envs = {}
     if baseline:
         runs[f"trim @{baseline}"] = runs["surgery trim"]
@@ -68,7 +71,8 @@ def bench(spec: str, workdir: Path, n_keep: int, repeat: int, caches: str = "sou
             run = results["runs"].setdefault(name, {"times": [], "peak_rss_bytes": 0})
             run["times"].append(round(seconds, 2))
             run["peak_rss_bytes"] = max(run["peak_rss_bytes"], rss)
-            run["output_nbytes"] = (out_cp if name == "cp" else out_trim).stat().st_size
+            written = out_cp if name == "cp" else out_trim
+            run["output_nbytes"] = written.stat().st_size if written.exists() else 0
     for out in (out_cp, out_trim):
         out.unlink(missing_ok=True)
     for run in results["runs"].values():

@@ -167,13 +167,14 @@ def read_bytes(entry: TensorEntry) -> bytes:
         return os.pread(f.fileno(), entry.nbytes, entry.begin)
 
 
-GAP_NBYTES = 256 * 2**10  # rows closer than this are read through in one pread rather than one pread each
+GAP_NBYTES = 64 * 2**10  # rows closer than this are read through in one pread rather than one pread each
+SPAN_NBYTES = 2**20  # at most this much is read through at once (the scratch buffer it needs)
 
 
 def pread_rows(fd_in: int, base: int, row_nbytes: int, rows: np.ndarray, view: memoryview) -> None:
     """Read rows `rows` (of row_nbytes each, from file offset `base`) into `view`, in any order.
 
-    Ascending rows less than GAP_NBYTES apart are read as one span (at most READ_BLOCK_NBYTES) and picked from it:
+    Ascending rows less than GAP_NBYTES apart are read as one span (at most SPAN_NBYTES) and picked from it:
     a trim keeping every ninth row of an embedding costs a few large reads, not one system call per row. A span
     of consecutive rows is read straight into `view`."""
     if len(rows) == 0 or row_nbytes == 0:
@@ -182,7 +183,7 @@ def pread_rows(fd_in: int, base: int, row_nbytes: int, rows: np.ndarray, view: m
     steps = np.diff(rows)
     gap_rows = max(1, GAP_NBYTES // row_nbytes)
     breaks = np.flatnonzero((steps < 1) | (steps > gap_rows)) + 1
-    max_span = max(1, READ_BLOCK_NBYTES // row_nbytes)
+    max_span = max(1, SPAN_NBYTES // row_nbytes)
     for group_start, group_end in zip(np.concatenate([[0], breaks]).tolist(),
                                       np.concatenate([breaks, [len(rows)]]).tolist()):
         start = group_start

@@ -184,7 +184,7 @@ def test_pread_rows_reads_any_rows_in_any_order(tmp_path, monkeypatch):
     data = np.random.default_rng(0).integers(0, 256, (n_rows, row_nbytes), np.uint8)
     path = tmp_path / "rows.bin"
     path.write_bytes(b"xyz" + data.tobytes())
-    monkeypatch.setattr(safetensors_format, "READ_BLOCK_NBYTES", 100 * row_nbytes)  # spans of at most 100 rows
+    monkeypatch.setattr(safetensors_format, "SPAN_NBYTES", 100 * row_nbytes)  # spans of at most 100 rows
     monkeypatch.setattr(safetensors_format, "GAP_NBYTES", 8 * row_nbytes)
     rng = np.random.default_rng(1)
     cases = [np.arange(n_rows), np.sort(rng.choice(n_rows, 700, replace=False)), rng.integers(0, n_rows, 900),
