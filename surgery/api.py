@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surgery.edit.staging import check_folder_output, write_folder, write_gguf_verified
+from surgery.edit.staging import check_folder_output, check_output_path, write_plan
 from surgery.errors import InputError
-from surgery.formats.paths import check_source
+from surgery.formats.paths import check_source, default_output, is_gguf
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
 
@@ -79,10 +79,6 @@ class VerifyResult:
         return {"ok": self.ok, "checks": [f.to_json() for f in self.findings]}
 
 
-def is_gguf(path: Path) -> bool:
-    return Path(path).suffix == ".gguf" and not Path(path).is_dir()
-
-
 def _corpus_specs(corpora: Iterable) -> list:
     """--corpus values as CorpusSpec (a spec passes through; a path or `PATH:WEIGHT:MAX_DOCS` string is parsed)."""
     from surgery.mining.corpus import CorpusSpec
@@ -100,36 +96,11 @@ def _source(src) -> Path:
 # ---- trim -----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OpenedSource:
-    """A checkpoint read once: its headers and configs, its tokenizer and its vocabulary tensors (folders), or its
-    parts (GGUF). `prepare_trim` and `trim` take it in place of a path, so a script that plans many trims (100 keep
-    lists) reads nothing again; nothing in it is changed by a plan."""
+def open_source(src, *, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()):
+    """Read a folder or GGUF file once, for many trims: `surgery.trim(opened, keep, out)` for each keep list."""
+    from surgery.verbs.trim import TrimSource
 
-    path: Path
-    vocab_tensors: tuple[str, ...]
-    not_vocab_tensors: tuple[str, ...]
-    checkpoint: object = None  # formats.hf_folder.Checkpoint
-    vocab: object = None  # model.vocab_tensors.VocabTensors
-    tokenizer: object = None  # tokenizer.TokenizerFiles
-    parts: tuple = ()  # GGUF: formats.gguf.GgufFile per part
-
-
-def open_source(src, *, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()) -> OpenedSource:
-    """Read a folder or GGUF file once, for many plans: `surgery.trim(opened, keep, out)` for each keep list."""
-    src = _source(src)
-    vocab_tensors, not_vocab_tensors = tuple(vocab_tensors), tuple(not_vocab_tensors)
-    if is_gguf(src):
-        from surgery.verbs.vocab_gguf import open_gguf
-
-        return OpenedSource(src, vocab_tensors, not_vocab_tensors, parts=tuple(open_gguf(src)))
-    from surgery.formats.hf_folder import Checkpoint
-    from surgery.model.vocab_tensors import find_vocab_tensors
-    from surgery.tokenizer import TokenizerFiles
-
-    checkpoint = Checkpoint.open(src)
-    return OpenedSource(src, vocab_tensors, not_vocab_tensors, checkpoint,
-                        find_vocab_tensors(checkpoint, vocab_tensors, not_vocab_tensors), TokenizerFiles.load(src))
+    return TrimSource.open(_source(src), tuple(vocab_tensors), tuple(not_vocab_tensors))
 
 
 def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, vocab_tensors: tuple[str, ...] = (),
@@ -140,66 +111,30 @@ def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, 
 
     `check_output=False` skips the checks on OUT (for a dry run, where nothing is written).
     """
-    opened = src if isinstance(src, OpenedSource) else None
+    from surgery.verbs.trim import TrimSource
+
+    opened = src if isinstance(src, TrimSource) else None
     if opened is not None and (tuple(vocab_tensors), tuple(not_vocab_tensors)) not in (
             ((), ()), (opened.vocab_tensors, opened.not_vocab_tensors)):
         raise InputError("vocab_tensors / not_vocab_tensors: give them to open_source, which settles the vocabulary "
                          "tensors once")
     src = opened.path if opened is not None else _source(src)
-    if is_gguf(src):
-        if link_unchanged:
-            raise InputError("--link-unchanged: a GGUF file is written anew as a whole; there is no unchanged shard")
-        return _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved,
-                                  force, check_output, opened)
-    from surgery.edit.checks import verify
-    from surgery.verbs.vocab import plan_trim
-
-    out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-trimmed"
+    if link_unchanged and is_gguf(src):
+        raise InputError("--link-unchanged: a GGUF file is written anew as a whole; there is no unchanged shard")
+    out = Path(out) if out is not None else default_output(src, "trimmed")
     if check_output:
-        check_folder_output(src, out, force)  # before any work: a refusal should not wait for the plan
+        check_output_path(src, out, force)  # before any work: a refusal should not wait for the plan
     if opened is None:
-        opened = open_source(src, vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors)
-    checkpoint, vocab, tokenizer = opened.checkpoint, opened.vocab, opened.tokenizer
-    plan = plan_trim(checkpoint, vocab, tokenizer, _keep_list(keep, max(vocab.n_rows, tokenizer.size())),
-                     pad_to_multiple_of=pad_to_multiple_of, drop_reserved=drop_reserved)
+        opened = TrimSource.open(src, tuple(vocab_tensors), tuple(not_vocab_tensors))
+    plan = opened.plan(_keep_list(keep, opened.n_ids()), pad_to_multiple_of=pad_to_multiple_of,
+                       drop_reserved=drop_reserved)
 
     def run(progress: Progress):
-        write_folder(plan, lambda tmp: verify(plan, tmp, tokenizer), out, link_unchanged, progress)
-        return [out], {
-            "output": str(out), "old_vocab_rows": plan.n_rows, "new_vocab_rows": plan.new_rows,
-            "kept": len(plan.kept_ids), "added_by_rule": plan.addition_counts(), **plan.totals(),
-            "tensors": {a.name: list(a.new_shape) for a in plan.tensor_actions() if a.action == "gather"},
-        }
-
-    return Job(plan, run)
-
-
-def _prepare_gguf_trim(src, keep, out, pad_to_multiple_of, vocab_tensors, not_vocab_tensors, drop_reserved, force,
-                       check_output, opened: OpenedSource | None = None) -> Job:
-    from surgery.verbs.vocab_gguf import (
-        check_gguf_output_path,
-        default_output,
-        open_gguf,
-        plan_gguf_trim,
-    )
-
-    out = Path(out) if out is not None else default_output(src)
-    if check_output:
-        check_gguf_output_path(src, out, force)
-    parts = list(opened.parts) if opened is not None else open_gguf(src)
-    if opened is not None:
-        vocab_tensors, not_vocab_tensors = opened.vocab_tensors, opened.not_vocab_tensors
-    n_vocab = len(parts[0].get("tokenizer.ggml.tokens") or [])
-    plan = plan_gguf_trim(parts, _keep_list(keep, n_vocab), pad_to_multiple_of=pad_to_multiple_of,
-                          drop_reserved=drop_reserved, vocab_tensors=tuple(vocab_tensors),
-                          not_vocab_tensors=tuple(not_vocab_tensors))
-
-    def run(progress: Progress):
-        written = write_gguf_verified(plan, out, progress)
+        written = write_plan(plan, out, progress, link_unchanged=link_unchanged)
         return written, {
-            "output": [str(p) for p in written], "old_vocab_rows": plan.n_rows, "new_vocab_rows": plan.new_rows,
+            "output": plan.output_json(written), "old_vocab_rows": plan.n_rows, "new_vocab_rows": plan.new_rows,
             "kept": len(plan.kept_ids), "added_by_rule": plan.addition_counts(), **plan.totals(),
-            "tensors": {a.name: list(reversed(a.new_ne)) for a in plan.actions if a.role},
+            "tensors": plan.vocab_shapes(),
         }
 
     return Job(plan, run)
@@ -226,6 +161,16 @@ def _keep_list(keep, n_vocab: int):
     return KeepList.of(keep, n_vocab)
 
 
+def _cut_job(plan, out: Path) -> Job:
+    """A drop-layers or prune plan as a Job: write it, check it, name what was written."""
+
+    def run(progress: Progress):
+        written = write_plan(plan, out, progress)
+        return written, {"output": plan.output_json(written), **plan.to_json()}
+
+    return Job(plan, run)
+
+
 # ---- drop-layers ----------------------------------------------------------------------------------------
 
 
@@ -234,50 +179,17 @@ def prepare_drop_layers(src, out=None, *, drop: str | None = None, keep_layers: 
                         check_output: bool = True) -> Job:
     """Plan the removal of decoder layers from a folder or a GGUF file; choose with exactly one of drop
     ("1,4-5"), keep_layers, tail, or importance (a surgery-importance/1 file) with num_layers."""
-    from surgery.verbs.layers import (
-        check_layers_output,
-        choose_kept_layers,
-        count_layers,
-        plan_drop_layers,
-    )
+    from surgery.edit.sources import open_source as open_container
+    from surgery.verbs.drop_layers import choose_kept_layers, plan_drop_layers
 
     src = _source(src)
-    choice = dict(drop=drop, keep_layers=keep_layers, tail=tail, num_layers=num_layers,
-                  importance=Path(importance) if importance is not None else None)
-    if is_gguf(src):
-        from surgery.verbs.layers_gguf import gguf_block_count, plan_gguf_drop_layers
-        from surgery.verbs.vocab_gguf import (
-            check_gguf_output_path,
-            default_output,
-            open_gguf,
-        )
-
-        parts = open_gguf(src)
-        kept = choose_kept_layers(gguf_block_count(parts[0], parts), **choice)
-        out = Path(out) if out is not None else default_output(src, f"{len(kept)}layers")
-        if check_output:
-            check_gguf_output_path(src, out, force)
-        gguf_plan = plan_gguf_drop_layers(parts, kept)
-
-        def run_gguf(progress: Progress):
-            written = write_gguf_verified(gguf_plan, out, progress)
-            return written, {"output": [str(p) for p in written], **gguf_plan.to_json()}
-
-        return Job(gguf_plan, run_gguf)
-    from surgery.formats.hf_folder import Checkpoint
-
-    checkpoint = Checkpoint.open(src)
-    kept = choose_kept_layers(count_layers(checkpoint), **choice)
-    out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-{len(kept)}layers"
+    source = open_container(src)
+    kept = choose_kept_layers(source.n_layers(), drop=drop, keep_layers=keep_layers, tail=tail,
+                              num_layers=num_layers, importance=Path(importance) if importance is not None else None)
+    out = Path(out) if out is not None else default_output(src, f"{len(kept)}layers")
     if check_output:
-        check_folder_output(src, out, force)
-    plan = plan_drop_layers(checkpoint, kept)
-
-    def run(progress: Progress):
-        write_folder(plan, lambda tmp: check_layers_output(plan, tmp), out, False, progress)
-        return [out], {"output": str(out), **plan.to_json()}
-
-    return Job(plan, run)
+        check_output_path(src, out, force)
+    return _cut_job(plan_drop_layers(source, kept), out)
 
 
 def drop_layers(src, out=None, *, progress: Progress | None = None, **choice) -> Result:
@@ -293,43 +205,21 @@ def prepare_prune(src, importance, out=None, *, intermediate_size: int | None = 
                   num_experts: int | None = None, moe_intermediate_size: int | None = None,
                   shared_expert_intermediate_size: int | None = None, force: bool = False,
                   check_output: bool = True) -> Job:
-    """Plan Minitron width pruning of a folder from an importance file (surgery-importance/1): the N most
-    important MLP neurons / query heads per layer, hidden channels, or experts per layer."""
-    from surgery.formats.hf_folder import Checkpoint
-    from surgery.verbs.width import check_prune_output, load_importance, plan_prune
+    """Plan Minitron width pruning of a folder or a GGUF file from an importance file (surgery-importance/1): the N
+    most important MLP neurons / query heads per layer, hidden channels, or experts per layer."""
+    from surgery.edit.sources import open_source as open_container
+    from surgery.mining.importance_file import load_importance
+    from surgery.verbs.prune import plan_prune
 
     src = _source(src)
-    sizes = dict(intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
-                 hidden_size=hidden_size, num_experts=num_experts, moe_intermediate_size=moe_intermediate_size,
-                 shared_expert_intermediate_size=shared_expert_intermediate_size)
-    if is_gguf(src):
-        from surgery.verbs.vocab_gguf import (
-            check_gguf_output_path,
-            default_output,
-            open_gguf,
-        )
-        from surgery.verbs.width_gguf import plan_gguf_prune
-
-        out = Path(out) if out is not None else default_output(src, "pruned")
-        if check_output:
-            check_gguf_output_path(src, out, force)
-        gguf_plan = plan_gguf_prune(open_gguf(src), load_importance(Path(importance)), Path(importance).name, **sizes)
-
-        def run_gguf(progress: Progress):
-            written = write_gguf_verified(gguf_plan, out, progress)
-            return written, {"output": [str(p) for p in written], **gguf_plan.to_json()}
-
-        return Job(gguf_plan, run_gguf)
-    out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-pruned"
+    out = Path(out) if out is not None else default_output(src, "pruned")
     if check_output:
-        check_folder_output(src, out, force)
-    plan = plan_prune(Checkpoint.open(src), load_importance(Path(importance)), Path(importance).name, **sizes)
-
-    def run(progress: Progress):
-        write_folder(plan, lambda tmp: check_prune_output(plan, tmp), out, False, progress)
-        return [out], {"output": str(out), **plan.to_json()}
-
-    return Job(plan, run)
+        check_output_path(src, out, force)
+    plan = plan_prune(open_container(src), load_importance(Path(importance)), Path(importance).name,
+                      intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
+                      hidden_size=hidden_size, num_experts=num_experts, moe_intermediate_size=moe_intermediate_size,
+                      shared_expert_intermediate_size=shared_expert_intermediate_size)
+    return _cut_job(plan, out)
 
 
 def prune(src, importance, out=None, *, progress: Progress | None = None, **sizes) -> Result:
@@ -363,7 +253,7 @@ def prepare_factor(src, out=None, *, rank_ratio=None, param_ratio=None, energy=N
         check_folder_output(src, path, force)
     scaling_data = None
     if scaling is not None:
-        from surgery.verbs.width import load_importance
+        from surgery.mining.importance_file import load_importance
 
         scaling_data = load_importance(Path(scaling))
     plan = plan_factor(Checkpoint.open(src), rules, outs, targets=tuple(targets), scaling=scaling_data,
@@ -537,7 +427,7 @@ def inspect(src, keep=None, *, vocab_tensors: tuple[str, ...] = (), not_vocab_te
     src = _source(src)
     if is_gguf(src):
         from surgery.reports.gguf_reports import inspect_gguf
-        from surgery.verbs.vocab_gguf import open_gguf
+        from surgery.edit.gguf_edit import open_gguf
 
         report = inspect_gguf(open_gguf(src), tuple(vocab_tensors), tuple(not_vocab_tensors))
     else:
@@ -567,19 +457,16 @@ def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, voc
            not_vocab_tensors: tuple[str, ...] = ()) -> VerifyResult:
     """Prove OUT against its source, byte for byte (folder or GGUF); `.ok` says whether every check passed."""
     src, out = _source(src), _source(out)
-    from surgery.reports.cut_reports import cut_record, verify_cut
+    from surgery.reports.cut_reports import cut_kind, verify_cut
 
-    if not is_gguf(src) and cut_record(out) is not None:  # a drop-layers or prune output folder
+    kind = cut_kind(out)
+    if kind is not None:  # a drop-layers or prune output
         if corpora:
-            raise InputError(f"{out}: a {cut_record(out)} output keeps the source's tokenizer; --corpus proves a "
+            raise InputError(f"{out}: a {kind} output keeps the source's tokenizer; --corpus proves a "
                              "trim's tokenizer (`surgery compare` measures what a cut cost)")
         return VerifyResult(verify_cut(src, out))
     if is_gguf(src):
-        from surgery.reports.cut_reports import gguf_cut_record, verify_gguf_cut
         from surgery.reports.gguf_reports import compare_gguf
-
-        if gguf_cut_record(out) is not None:  # a drop-layers or prune output
-            return VerifyResult(verify_gguf_cut(src, out))
 
         return VerifyResult(compare_gguf(src, out, tuple(vocab_tensors), tuple(not_vocab_tensors)))
     from surgery.reports.comparison import compare_checkpoints

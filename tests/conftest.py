@@ -85,7 +85,7 @@ def make_plan(root, keep=KEEP / "basic.txt", **options):
     from surgery.model.vocab_tensors import find_vocab_tensors
     from surgery.tokenizer import TokenizerFiles
     from surgery.verbs.keep_list import KeepList
-    from surgery.verbs.vocab import plan_trim
+    from surgery.verbs.trim import plan_trim
 
     ckpt = Checkpoint.open(root)
     vocab = find_vocab_tensors(ckpt)

@@ -91,12 +91,12 @@ def test_an_opened_source_plans_many_trims_and_reads_nothing_again(kind, copy_fi
 
     import surgery.formats.hf_folder as hf_folder
     import surgery.tokenizer as tokenizer_module
-    import surgery.verbs.vocab_gguf as vocab_gguf
+    import surgery.edit.gguf_edit as gguf_edit
 
     src = copy_fixture("qwen-tied-sharded") if kind == "folder" else small_gguf(tmp_path / "m.gguf")
     opened = surgery.open_source(src)
     reads = []
-    for module, name in ((hf_folder, "read_header"), (vocab_gguf, "read_gguf")):
+    for module, name in ((hf_folder, "read_header"), (gguf_edit, "read_gguf")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda path, *a, original=original, **k: reads.append(str(path)) or
                             original(path, *a, **k))

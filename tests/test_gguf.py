@@ -23,7 +23,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 from llama_cpp_tools import convert, quantize  # noqa: E402
 
 from surgery.formats.gguf import encode_header, read_gguf  # noqa: E402
-from surgery.verbs.vocab_gguf import RECORD_KEY  # noqa: E402
+from surgery.verbs.trim import RECORD_KEY  # noqa: E402
 
 MODELS = {  # name: (config class, fixture tokenizer, tied, BPE pre-tokenizer name for the converter)
     "llama-spm": ("LlamaConfig", "sp-bpe-llama", False, None),
@@ -341,5 +341,6 @@ def test_a_wrong_row_is_caught_before_the_rename(f32_ggufs, workdir, tmp_path, m
     monkeypatch.setattr(execute, "gather_rows", lambda fd_in, fd_out, entry, action, rows: real(
         fd_in, fd_out, entry, action, rows[::-1].copy()))
     result = run_cli(["trim", src, "--keep", keep_list("llama-spm", tmp_path / "ids.txt"), "-o", tmp_path / "o.gguf"], 3)
-    assert result.stderr.splitlines()[-1] == "Error: output: rows of 'output.weight' differ from their source rows"
+    assert result.stderr.splitlines()[-1] == ("Error: output: 'output.weight' differs from its source 'output.weight' "
+                                              "(output row 0)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.txt"]  # no output, no partial file

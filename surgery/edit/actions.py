@@ -114,5 +114,28 @@ class FolderEdit:
     def tensor_actions(self) -> list[TensorAction]:
         return [action for shard in self.shards for action in shard.actions]
 
+    def output_json(self, written: list[Path]) -> str:
+        """The output as `--json` names it: the folder."""
+        return str(written[0])
+
+    def check_written(self, out: Path) -> None:
+        """The in-run check of the written folder, before it is moved into place: every tensor, sampled."""
+        from surgery.edit.checks import check_folder_slices
+
+        check_folder_slices(self, out)
+
+    def slices(self) -> list:
+        """Every written tensor as the checker sees it (edit/checks.Planned); taken or copied, not gathered."""
+        from surgery.edit.checks import Planned
+
+        return [Planned(a.name, a.entry, a.rows, a.cols, (a.dtype, tuple(a.new_shape)), a.source is not None)
+                for a in self.tensor_actions()]
+
+    def rows_for(self, action):  # only a trim gathers rows (by its row source); every other verb takes or copies
+        raise AssertionError(f"{type(self).__name__} gathers no rows")
+
+    def patch_lines(self) -> list[str]:
+        return [f"config: {p.file} {p.key}: {p.old} -> {p.new}" for p in self.config_patches]
+
     def patches_json(self) -> list[dict]:
         return [{"file": p.file, "key": p.key, "old": p.old, "new": p.new} for p in self.config_patches]

@@ -1,16 +1,19 @@
-"""In-run checks of a vocabulary trim: reopen the output and check it against its plan before it is moved into place.
+"""In-run checks: reopen an output and check it against its plan before it is moved into place.
 
-The byte comparisons are those of `surgery verify` (edit/compare.py), on a sample of rows.
+One checker for every tensor a plan writes (`Planned`: its source, the kept rows and columns, its layout):
+`slice_problem` samples rows in-run and reads every row in `surgery verify`, for folders and GGUF files alike.
+The trim's own checks (its tokenizer and config ids) follow. The byte comparisons are edit/compare.py's.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from surgery.edit.compare import first_bad_row, same_bytes
+from surgery.edit.compare import edge_bytes, first_bad_row, first_different_row, same_bytes
 from surgery.errors import CheckpointError, VerifyError
 from surgery.formats.hf_folder import CONFIG_FILES, GENERATION_CONFIG
 from surgery.formats.safetensors import read_header
@@ -18,6 +21,68 @@ from surgery.model.config_keys import changed_token_ids, vocab_size_keys
 from surgery.tokenizer import SP_MODEL_NAMES, TOKENIZER_JSON, TokenizerFiles
 
 SAMPLE_ROWS = 64
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One output tensor of a plan: its source, the kept rows and columns, its dtype and shape (numpy order)."""
+
+    name: str
+    source: object  # a safetensors entry or a GGUF tensor
+    rows: np.ndarray | None
+    cols: np.ndarray | None
+    layout: tuple  # (dtype, shape)
+    renamed: bool
+
+
+def slice_problem(planned: list[Planned], written: dict, *, sample: bool) -> str | None:
+    """What is wrong with the written tensors, or None: a tensor missing or extra, a dtype or shape other than
+    planned, the first tensor (and output row) whose bytes differ from its source slice. `sample` (in-run): the
+    first, last and SAMPLE_ROWS random rows of each cut tensor, the first and last 4 KiB of each copy; else every
+    row of every tensor (`surgery verify`)."""
+    names = {p.name for p in planned}
+    extra, missing = sorted(set(written) - names), sorted(names - set(written))
+    if extra or missing:
+        return "output tensors differ from the plan: " + (f"unexpected {extra[0]}" if extra else f"missing {missing[0]}")
+    rng = np.random.default_rng(0)
+    for p in planned:
+        got = written[p.name]
+        layout = (got.dtype, tuple(got.shape))
+        if layout != p.layout:
+            return f"'{p.name}' is {layout}, the plan makes {p.layout}"
+        n_rows = got.shape[0] if got.shape else 0
+        if sample and p.rows is None and p.cols is None:  # a copy: its first and last 4 KiB, as ever
+            if edge_bytes(p.source) != edge_bytes(got):
+                return f"'{p.name}' differs from its source '{p.source.name}' (its first or last 4 KiB)"
+            continue
+        positions = None
+        if sample and n_rows:
+            positions = np.unique(np.concatenate([[0, n_rows - 1], rng.integers(0, n_rows, SAMPLE_ROWS)]))
+        bad = first_different_row(p.source, got, p.rows, p.cols, positions)
+        if bad is not None:
+            return f"'{p.name}' differs from its source '{p.source.name}' (output row {bad})"
+    return None
+
+
+def check_folder_slices(plan, out: Path) -> None:
+    """Reopen every written shard (our reader and safetensors) and check its tensors, sampled."""
+    written = {name: entry for shard in plan.shards for name, entry in reopen_shard(out / shard.name).items()}
+    problem = slice_problem(plan.slices(), written, sample=True)
+    if problem is not None:
+        raise VerifyError(f"output: {problem}")
+
+
+def check_gguf_slices(plan, targets: list[Path]) -> None:
+    """Reopen every written part and check its tensors, sampled."""
+    from surgery.formats.gguf import read_gguf
+
+    try:
+        written = {t.name: t for target in targets for t in read_gguf(target).tensors}
+    except CheckpointError as e:
+        raise VerifyError(f"output {e}") from e
+    problem = slice_problem(plan.slices(), written, sample=True)
+    if problem is not None:
+        raise VerifyError(f"output: {problem}")
 
 
 def verify(plan, out: Path, tokenizer: TokenizerFiles) -> list[str]:

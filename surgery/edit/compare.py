@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from surgery.formats.base import TensorSource
-from surgery.formats.safetensors import READ_BLOCK_NBYTES, pread_rows
+from surgery.formats.safetensors import READ_BLOCK_NBYTES, pread_rows, read_rows
 
 EDGE_NBYTES = 4096
 
@@ -60,3 +60,42 @@ def edge_bytes(entry: TensorSource) -> bytes:
     n = min(EDGE_NBYTES, entry.nbytes)
     with open(entry.path, "rb") as f:
         return os.pread(f.fileno(), n, entry.begin) + os.pread(f.fileno(), n, entry.end - n)
+
+
+def first_different_row(src: TensorSource, got: TensorSource, rows: np.ndarray | None, cols: np.ndarray | None,
+                        positions: np.ndarray | None = None) -> int | None:
+    """The first output row (of `positions`, else of every row) whose bytes differ from source row rows[row]
+    (its columns `cols`; every row and column when None). Sampled positions are read row by row with pread;
+    every row, in blocks through memory maps. Memory stays flat either way."""
+    if not src.shape:
+        return None if read_rows(src).tobytes() == read_rows(got).tobytes() else 0
+    rows = np.arange(src.shape[0]) if rows is None else np.asarray(rows)
+    if positions is not None:
+        return _first_different_sampled(src, got, rows, cols, positions)
+    source, output = read_rows(src), read_rows(got)
+    positions = np.arange(len(rows))
+    per_block = max(1, READ_BLOCK_NBYTES // max(source.shape[1], 1))
+    for start in range(0, len(positions), per_block):
+        at = positions[start : start + per_block]
+        want = source[rows[at]]
+        if cols is not None:
+            want = want.reshape(len(want), src.shape[1], -1)[:, cols].reshape(len(want), -1)
+        have = output[at]
+        if want.shape != have.shape:
+            return int(at[0])
+        if not np.array_equal(want, have):
+            return int(at[int(np.argmax(np.any(want != have, axis=1)))])
+    return None
+
+
+def _first_different_sampled(src: TensorSource, got: TensorSource, rows: np.ndarray, cols: np.ndarray | None,
+                             positions: np.ndarray) -> int | None:
+    src_row, got_row = src.row_nbytes(0), got.row_nbytes(0)
+    with open(src.path, "rb") as fa, open(got.path, "rb") as fb:
+        for position in positions.tolist():
+            want = os.pread(fa.fileno(), src_row, src.begin + int(rows[position]) * src_row)
+            if cols is not None:
+                want = np.frombuffer(want, np.uint8).reshape(src.shape[1], -1)[cols].tobytes()
+            if os.pread(fb.fileno(), got_row, got.begin + position * got_row) != want:
+                return position
+    return None

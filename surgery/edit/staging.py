@@ -126,3 +126,26 @@ def write_gguf_verified(plan, out: Path, progress) -> list[Path]:
             partial.unlink(missing_ok=True)
         raise
     return targets
+
+
+def check_output_path(src: Path, out: Path, force: bool) -> None:
+    """Before any work: OUT is a place this run may write (a folder, or a .gguf file for a GGUF source)."""
+    from surgery.edit.gguf_edit import check_gguf_output_path
+    from surgery.formats.paths import is_gguf
+
+    if is_gguf(src):
+        check_gguf_output_path(src, out, force)
+    else:
+        check_folder_output(src, out, force)
+
+
+def write_plan(plan, out: Path, progress, *, link_unchanged: bool = False,
+               check: Callable[[Path], object] | None = None) -> list[Path]:
+    """Stage, write, check and commit one plan of either container; the written paths. A folder plan is checked
+    by `check(tmp)` when given, else by its own check_written; a GGUF plan by its own check_output."""
+    from surgery.edit.gguf_edit import GgufEdit
+
+    if isinstance(plan, GgufEdit):
+        return write_gguf_verified(plan, out, progress)
+    write_folder(plan, check or plan.check_written, out, link_unchanged, progress)
+    return [out]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +20,16 @@ import numpy as np
 
 from surgery.dtypes import GGML_TYPES, INTERLEAVED_TYPES
 from surgery.errors import CheckpointError
-from surgery.formats.paths import open_regular
+from surgery.formats.paths import SPLIT_NAME, open_regular
+from surgery.model.keys import General, Split, Tokenizer
 
 MAGIC = b"GGUF"
 _U64 = struct.Struct("<Q")
 DEFAULT_ALIGNMENT = 32
-ALIGNMENT_KEY = "general.alignment"
 UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
 NUMERIC = {UINT8: "<u1", INT8: "<i1", UINT16: "<u2", INT16: "<i2", UINT32: "<u4", INT32: "<i4", FLOAT32: "<f4",
            BOOL: "?", UINT64: "<u8", INT64: "<i8", FLOAT64: "<f8"}
 
-SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
 
 
 @dataclass(slots=True)
@@ -133,16 +130,16 @@ INTEGER_TYPES = (UINT8, INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64)
 # the types llama.cpp demands of the keys surgery reads (gguf.cpp for alignment; llama-vocab.cpp, llama-arch.cpp
 # and gguf-py's writer for the others): (value type, element type of an array)
 KEY_TYPES = {
-    ALIGNMENT_KEY: (UINT32, None),
-    "general.architecture": (STRING, None),
-    "tokenizer.ggml.model": (STRING, None),
-    "tokenizer.ggml.tokens": (ARRAY, STRING),
-    "tokenizer.ggml.scores": (ARRAY, FLOAT32),
-    "tokenizer.ggml.token_type": (ARRAY, INT32),
-    "tokenizer.ggml.merges": (ARRAY, STRING),
-    SPLIT_NO: (UINT16, None),
-    SPLIT_COUNT: (UINT16, None),
-    SPLIT_TENSORS: (INT32, None),
+    General.ALIGNMENT: (UINT32, None),
+    General.ARCHITECTURE: (STRING, None),
+    Tokenizer.MODEL: (STRING, None),
+    Tokenizer.TOKENS: (ARRAY, STRING),
+    Tokenizer.SCORES: (ARRAY, FLOAT32),
+    Tokenizer.TOKEN_TYPE: (ARRAY, INT32),
+    Tokenizer.MERGES: (ARRAY, STRING),
+    Split.NO: (UINT16, None),
+    Split.COUNT: (UINT16, None),
+    Split.TENSORS: (INT32, None),
 }
 TYPE_NAMES = ("u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64")
 
@@ -293,9 +290,9 @@ def _parse(path: Path, reader: _Reader, size: int) -> GgufFile:
         ne = tuple(reader.scalar("<Q") for _ in range(n_dims))
         infos.append((name, ne, reader.scalar("<I"), reader.scalar("<Q")))
     infos_end = reader.pos
-    alignment = int(kvs[ALIGNMENT_KEY].value) if ALIGNMENT_KEY in kvs else DEFAULT_ALIGNMENT
+    alignment = int(kvs[General.ALIGNMENT].value) if General.ALIGNMENT in kvs else DEFAULT_ALIGNMENT
     if alignment <= 0 or alignment & (alignment - 1):
-        raise CheckpointError(f"{path.name}: general.alignment {alignment} is not a power of two")
+        raise CheckpointError(f"{path.name}: {General.ALIGNMENT} {alignment} is not a power of two")
     header_end = -(-infos_end // alignment) * alignment
     tensors, expected = [], 0
     for name, ne, ggml_type, offset in infos:

@@ -4,10 +4,30 @@ be read as something it is not), symlink loops and unreadable paths refused in o
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
 from surgery.errors import CheckpointError, InputError
+
+# a GGUF split over several files: `stem-00001-of-00003.gguf` (gguf-split's names)
+SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def is_gguf(path: Path) -> bool:
+    return Path(path).suffix == ".gguf" and not Path(path).is_dir()
+
+
+def default_output(src: Path, tag: str) -> Path:
+    """Beside the source: `ckpt/` -> `ckpt-TAG/`, `m.gguf` -> `m-TAG.gguf`, a split `m-00001-of-00003.gguf` ->
+    `m-TAG-00001-of-00003.gguf`. The one naming rule of every verb."""
+    src = Path(src)
+    if not is_gguf(src):
+        return src.parent / f"{src.resolve().name}-{tag}"
+    match = SPLIT_NAME.match(src.name)
+    if match:
+        return src.with_name(f"{match['stem']}-{tag}-00001-of-{match['count']}.gguf")
+    return src.with_name(f"{src.name.removesuffix('.gguf')}-{tag}.gguf")
 
 
 def check_source(path: Path) -> None:

@@ -27,7 +27,7 @@ from surgery.errors import InputError
 from surgery.mining.corpus import CorpusSpec, read_documents
 from surgery.engine import import_torch, input_device, load_causal_lm, load_tokenizer, processes
 from surgery.model.factor_targets import CANDIDATE, NOT_CANDIDATE
-from surgery.verbs.layers import IMPORTANCE_FORMAT
+from surgery.mining.importance_file import IMPORTANCE_FORMAT
 
 
 def compute_importance(src: Path, corpora: Iterable[CorpusSpec], *, max_docs: int | None = None,

@@ -22,7 +22,7 @@ from surgery.mining.token_counts import Progress, count_tokens, load_encoder
 from surgery.model.vocab_tensors import find_vocab_tensors
 from surgery.tokenizer import TokenizerFiles
 from surgery.verbs.keep_list import KeepList
-from surgery.verbs.vocab import (
+from surgery.verbs.trim import (
     complete_kept_set,
     config_token_ids,
     trim_totals,
@@ -126,7 +126,8 @@ def _gguf_source(path: Path, tokenizer_dir: Path | None, vocab_tensors: tuple[st
     """A GGUF file: its own tokenizer metadata decides the kept set; the text is encoded by the tokenizer.json
     embedded in it (tokenizer.huggingface.json) or the one given with --tokenizer, checked token by token."""
     from surgery.tokenizer.gguf_vocab import GgufVocab, hf_encoder
-    from surgery.verbs.vocab_gguf import find_gguf_vocab_tensors, gguf_totals, open_gguf
+    from surgery.edit.gguf_edit import open_gguf
+    from surgery.verbs.trim import find_gguf_vocab_tensors, gguf_totals
 
     parts = open_gguf(path)
     vocab = GgufVocab.of(parts[0])

@@ -24,10 +24,10 @@ import numpy as np
 from surgery.engine import import_torch, input_device, load_causal_lm, load_tokenizer, processes
 from surgery.errors import CheckpointError, InputError
 from surgery.mining.corpus import CorpusSpec, read_documents
+from surgery.model.keys import Record, Tokenizer
 
 COMPARE_FORMAT = "surgery-compare/1"
 TRIM_RECORD = "surgery_trim.json"
-GGUF_TRIM_RECORD_KEY = "surgery.trim_record"
 POSITION_CHUNK = 64  # positions whose float64 log-probabilities are held at once (262k vocab: 134 MB)
 
 
@@ -80,7 +80,7 @@ class GgufModel:
         except ImportError as e:
             raise InputError("surgery compare on a GGUF file needs llama-cpp-python: pip install llama-cpp-python")\
                 from e
-        from surgery.verbs.vocab_gguf import open_gguf
+        from surgery.edit.gguf_edit import open_gguf
 
         self.path = path
         self.parts = open_gguf(path)
@@ -95,10 +95,10 @@ class GgufModel:
         return list(self.model.tokenize(doc.encode("utf-8"), add_bos=True, special=False))
 
     def tokens(self) -> list[str]:
-        return list(self.parts[0].get("tokenizer.ggml.tokens") or [])
+        return list(self.parts[0].get(Tokenizer.TOKENS) or [])
 
     def trim_record(self) -> dict | None:
-        text = self.parts[0].get(GGUF_TRIM_RECORD_KEY)
+        text = self.parts[0].get(Record.TRIM)
         return json.loads(text) if text else None
 
     def logits(self, batch: list[list[int]]) -> list[np.ndarray]:

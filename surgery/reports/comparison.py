@@ -21,7 +21,7 @@ from surgery.model.config_keys import changed_token_ids, vocab_size_keys
 from surgery.model.vocab_tensors import find_vocab_tensors
 from surgery.tokenizer import TokenizerFiles
 from surgery.tokenizer.hf_json import filter_merge_pairs
-from surgery.verbs.vocab import TRIM_RECORD
+from surgery.verbs.trim import TRIM_RECORD
 
 MAX_EXAMPLES = 3
 

@@ -1,99 +1,57 @@
-"""verify_cut / verify_gguf_cut: prove a drop-layers or prune output (folder or GGUF) against its source, byte
-for byte.
+"""verify_cut: prove a drop-layers or prune output (folder or GGUF) against its source, byte for byte.
 
-The cut is replayed on SRC from the record in OUT (plan_drop_layers, plan_cut), and every planned tensor is
-compared whole through numpy views of the raw bytes, independently of the streaming executor that wrote it: the
-kept rows and columns of each source tensor equal the output's, copied tensors are equal, the output holds no
-other tensor, and its configs equal the replayed ones (so every size equals its tensors; for a GGUF file, every key and value
-of every part). The first tensor that differs is named. Memory stays flat: a block of rows at a time.
+The cut is replayed on SRC from the record in OUT (plan_drop_layers, plan_cut, over the same Sources the verbs
+use), and every planned tensor is compared whole by the checker the in-run checks sample (edit/checks.slice_problem),
+independently of the streaming executor that wrote it: the kept rows and columns of each source tensor equal the
+output's, copied tensors are equal, the output holds no other tensor, and its configs equal the replayed ones (so
+every size equals its tensors; for a GGUF file, every key and value of every part). The first tensor that differs
+is named. Memory stays flat: a block of rows at a time.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
-from surgery.formats.hf_folder import Checkpoint, load_json
-from surgery.formats.safetensors import READ_BLOCK_NBYTES, read_rows
+from surgery.edit.checks import slice_problem
+from surgery.edit.gguf_edit import GgufEdit
+from surgery.edit.sources import open_source
+from surgery.formats.hf_folder import load_json
 from surgery.reports.comparison import Finding
-from surgery.verbs.layers import LAYERS_RECORD, plan_drop_layers
-from surgery.verbs.width import PRUNE_RECORD, cut_from_record, plan_cut
+from surgery.verbs import drop_layers, prune
 
-CUT_RECORDS = (LAYERS_RECORD, PRUNE_RECORD)
+# kind -> (record file beside a folder output, record key in a GGUF output)
+CUTS = {"drop-layers": (drop_layers.LAYERS_RECORD, drop_layers.RECORD_KEY),
+        "prune": (prune.PRUNE_RECORD, prune.RECORD_KEY)}
 
 
-def cut_record(out) -> str | None:
-    """The record of a drop-layers or prune output folder, or None."""
-    return next((name for name in CUT_RECORDS if (out / name).is_file()), None)
+def cut_kind(out) -> str | None:
+    """Which cut wrote OUT (its record says), or None."""
+    source = open_source(out)
+    return next((kind for kind, (file, key) in CUTS.items() if source.stored_record(file, key) is not None), None)
 
 
 def verify_cut(src, out) -> list[Finding]:
-    old, new = Checkpoint.open(src), Checkpoint.open(out)
-    name = cut_record(out)
-    record = load_json(out / name)
-    if name == LAYERS_RECORD:
-        plan = plan_drop_layers(old, list(record["kept_layers"]))
-    else:
-        plan = plan_cut(old, cut_from_record(record, out.name))
-    return [_check_tensors(plan, new), _check_files(plan, out, name, record)]
-
-
-def _check_tensors(plan, new: Checkpoint) -> Finding:
-    planned = [Planned(a.name, a.entry, a.rows, a.cols, (a.dtype, tuple(a.new_shape)), a.source is not None)
-               for a in plan.tensor_actions()]
-    return check_slices(planned, new.tensors(), lambda got: (got.dtype, tuple(got.shape)))
-
-
-@dataclass(frozen=True)
-class Planned:
-    """One output tensor of a replayed cut: its source, the kept rows and columns, its dtype and shape."""
-
-    name: str
-    source: object  # a safetensors entry or a GGUF tensor
-    rows: np.ndarray | None
-    cols: np.ndarray | None
-    layout: tuple  # what `layout(got)` must return
-    renamed: bool
-
-
-def check_slices(planned: list[Planned], written: dict, layout) -> Finding:
-    """No tensor missing or extra; each with its layout and the bytes of its source slice; the first that differs."""
-    names = {p.name for p in planned}
-    extra, missing = sorted(set(written) - names), sorted(names - set(written))
-    if extra or missing:
-        return Finding("tensors", False, "output tensors differ from the replayed cut: "
-                       + (f"unexpected {extra[0]}" if extra else f"missing {missing[0]}"))
-    for p in planned:
-        got = written[p.name]
-        if layout(got) != p.layout:
-            return Finding("tensors", False, f"'{p.name}' is {layout(got)}, the cut makes {p.layout}")
-        bad = first_different_row(p.source, got, p.rows, p.cols)
-        if bad is not None:
-            return Finding("tensors", False, f"'{p.name}' differs from its source '{p.source.name}' (output row {bad})")
-    n_cut = sum(1 for p in planned if p.rows is not None or p.cols is not None)
-    return Finding("tensors", True, f"{len(planned)} tensors equal their source slices ({n_cut} cut, "
-                   f"{sum(1 for p in planned if p.renamed)} renamed, the rest whole)")
-
-
-def first_different_row(src, got, rows: np.ndarray | None, cols: np.ndarray | None) -> int | None:
-    """The first output row whose bytes differ from source rows[row] (its columns `cols`), whole tensors read in
-    blocks through memory maps."""
-    source, output = read_rows(src), read_rows(got)
-    if not src.shape:
-        return None if np.array_equal(source, output) else 0
-    n_rows = src.shape[0]
-    rows = np.arange(n_rows) if rows is None else np.asarray(rows)
-    per_block = max(1, READ_BLOCK_NBYTES // max(source.shape[1], 1))
-    for start in range(0, len(rows), per_block):
-        want = source[rows[start : start + per_block]]
-        if cols is not None:
-            want = want.reshape(len(want), src.shape[1], -1)[:, cols].reshape(len(want), -1)
-        have = output[start : start + len(want)]
-        if not np.array_equal(want, have):
-            return start + int(np.argmax(np.any(want != have, axis=1)))
-    return None
+    old, new = open_source(src), open_source(out)
+    kind = cut_kind(out)
+    file, key = CUTS[kind]
+    try:
+        record = json.loads(new.stored_record(file, key))
+        if kind == "drop-layers":
+            plan = drop_layers.plan_drop_layers(old, list(record["kept_layers"]))
+        else:
+            plan = prune.plan_cut(old, prune.cut_from_record(record, out.name))
+    except (TypeError, ValueError, KeyError) as e:
+        return [Finding("record", False, f"{file if new.container == 'folder' else key} is not a {kind} record ({e})")]
+    problem = slice_problem(plan.slices(), {t.name: t for _, t in new.tensors()}, sample=False)
+    n_cut = sum(1 for p in plan.slices() if p.rows is not None or p.cols is not None)
+    n_renamed = sum(1 for p in plan.slices() if p.renamed)
+    tensors = Finding("tensors", problem is None, problem or (
+        f"{len(plan.slices())} tensors equal their source slices ({n_cut} cut, {n_renamed} renamed, the rest whole)"))
+    if isinstance(plan, GgufEdit):
+        return [tensors, _check_gguf_metadata(plan, list(new.parts), key, record)]
+    return [tensors, _check_files(plan, out, file, record)]
 
 
 def _check_files(plan, out, record_name: str, record: dict) -> Finding:
@@ -110,46 +68,6 @@ def _check_files(plan, out, record_name: str, record: dict) -> Finding:
             return Finding("configs", False, f"{name} is not the source's")
     return Finding("configs", True, f"{', '.join(sorted(plan.files))} equal the replayed cut's (every size equals "
                    f"its tensors); {record_name} and {len(plan.copied)} copied files match")
-
-
-# ---- GGUF ---------------------------------------------------------------------------------------------------
-
-def gguf_cut_record(out) -> str | None:
-    """The metadata key of a drop-layers or prune record in a GGUF output, or None."""
-    from surgery.verbs.layers_gguf import RECORD_KEY as LAYERS_KEY
-    from surgery.verbs.vocab_gguf import open_gguf
-    from surgery.verbs.width_gguf import RECORD_KEY as PRUNE_KEY
-
-    first = open_gguf(out)[0]
-    return next((key for key in (LAYERS_KEY, PRUNE_KEY) if first.get(key) is not None), None)
-
-
-def verify_gguf_cut(src, out) -> list[Finding]:
-    from surgery.verbs.layers_gguf import RECORD_KEY as LAYERS_KEY
-    from surgery.verbs.layers_gguf import plan_gguf_drop_layers
-    from surgery.verbs.vocab_gguf import open_gguf
-    from surgery.verbs.width_gguf import plan_gguf_cut
-
-    old, new = open_gguf(src), open_gguf(out)
-    key = gguf_cut_record(out)
-    try:
-        record = json.loads(new[0].get(key))
-    except (TypeError, ValueError) as e:
-        return [Finding("metadata", False, f"{key} is not a JSON record ({e})")]
-    if key == LAYERS_KEY:
-        plan = plan_gguf_drop_layers(old, list(record["kept_layers"]))
-    else:
-        plan = plan_gguf_cut(old, cut_from_record(record, out.name))
-    written = {t.name: t for part in new for t in part.tensors}
-    findings = [_check_gguf_tensors(plan, written)]
-    findings.append(_check_gguf_metadata(plan, new, key, record))
-    return findings
-
-
-def _check_gguf_tensors(plan, written: dict) -> Finding:
-    planned = [Planned(a.name, a.tensor, a.rows, a.cols, (a.tensor.dtype, tuple(a.new_ne)), a.new_name is not None)
-               for a in plan.actions]
-    return check_slices(planned, written, lambda got: (got.dtype, tuple(got.ne)))
 
 
 def _check_gguf_metadata(plan, new: list, record_key: str, record: dict) -> Finding:

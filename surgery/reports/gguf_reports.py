@@ -12,10 +12,12 @@ from surgery.edit.compare import first_bad_row, same_bytes
 from surgery.errors import VerifyError
 from surgery.formats.gguf import GgufFile, GgufParts
 from surgery.model.config_keys import changed_token_ids
+from surgery.model.keys import LLM, Tokenizer, arch_key
 from surgery.reports.comparison import MAX_EXAMPLES, Finding
 from surgery.reports.inspection import weights_summary
 from surgery.tokenizer.gguf_vocab import MERGES, GgufVocab
-from surgery.verbs.vocab_gguf import RECORD_KEY, find_gguf_vocab_tensors, open_gguf
+from surgery.edit.gguf_edit import open_gguf
+from surgery.verbs.trim import RECORD_KEY, find_gguf_vocab_tensors
 
 
 def inspect_gguf(parts: list[GgufFile], vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()
@@ -32,8 +34,8 @@ def inspect_gguf(parts: list[GgufFile], vocab_tensors: tuple[str, ...] = (), not
         "tied": not any(role.value == "head" for role in roles.values()),
         "embedding_rows": vocab.size(),
         "tokenizer": {"kind": vocab.kind(), "size": vocab.size(), "padding_rows": 0, "tokens_without_rows": 0,
-                      "pre": parts[0].get("tokenizer.ggml.pre")},
-        "config": {"vocab_size_keys": {k: parts[0].get(k) for k in (f"{vocab.arch}.vocab_size",) if k in parts[0].kvs},
+                      "pre": parts[0].get(Tokenizer.PRE)},
+        "config": {"vocab_size_keys": {k: parts[0].get(k) for k in (arch_key(LLM.VOCAB_SIZE, vocab.arch),) if k in parts[0].kvs},
                    "token_ids": {k: [v] for k, v in vocab.id_keys.items() if type(v) is int}},
         "notes": [],
     }

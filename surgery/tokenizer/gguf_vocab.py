@@ -17,6 +17,7 @@ import numpy as np
 
 from surgery.errors import CheckpointError, InputError
 from surgery.formats.gguf import ARRAY, STRING, GgufFile, KeyValue
+from surgery.model.keys import LLM, General, Tokenizer, arch_key
 from surgery.tokenizer import RESERVED_PATTERNS, RuleAdditions
 from surgery.tokenizer.bpe import (
     BYTE_FALLBACK_PIECES,
@@ -26,11 +27,8 @@ from surgery.tokenizer.bpe import (
 )
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-TOKENS, SCORES, TOKEN_TYPE, MERGES = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
-                                      "tokenizer.ggml.merges")
-MODEL_KEY, PRE_KEY, CHAT_TEMPLATE_PREFIX = "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.chat_template"
-HF_JSON_KEY = "tokenizer.huggingface.json"
-ID_LISTS = ("tokenizer.ggml.suppress_tokens",)  # a removed id is dropped from these
+TOKENS, SCORES, TOKEN_TYPE, MERGES = Tokenizer.TOKENS, Tokenizer.SCORES, Tokenizer.TOKEN_TYPE, Tokenizer.MERGES
+ID_LISTS = (Tokenizer.SUPPRESS_TOKENS,)  # a removed id is dropped from these
 SUPPORTED_MODELS = ("gpt2", "llama")
 METASPACE = "\u2581"
 
@@ -51,10 +49,10 @@ class GgufVocab:
     @classmethod
     def of(cls, gguf: GgufFile) -> GgufVocab:
         name = gguf.path.name
-        model = gguf.get(MODEL_KEY)
+        model = gguf.get(Tokenizer.MODEL)
         tokens = gguf.get(TOKENS)
         if model is None or tokens is None:
-            raise CheckpointError(f"{name}: no tokenizer in its metadata ({MODEL_KEY}, {TOKENS})")
+            raise CheckpointError(f"{name}: no tokenizer in its metadata ({Tokenizer.MODEL}, {TOKENS})")
         if model not in SUPPORTED_MODELS:
             raise CheckpointError(f"{name}: tokenizer model '{model}' is not supported (supported: "
                                   f"{', '.join(SUPPORTED_MODELS)})")
@@ -67,10 +65,10 @@ class GgufVocab:
                 raise CheckpointError(f"{name}: {key} has {len(value)} entries for {n} tokens")
         merges = gguf.get(MERGES)
         id_keys = {kv.key: kv.value for kv in gguf.kvs.values() if _names_ids(kv.key)}
-        template = "\n".join(str(kv.value) for kv in gguf.kvs.values() if kv.key.startswith(CHAT_TEMPLATE_PREFIX)
+        template = "\n".join(str(kv.value) for kv in gguf.kvs.values() if kv.key.startswith(Tokenizer.CHAT_TEMPLATE)
                              and kv.type == STRING)
         lookup = dict(zip(reversed(tokens), range(n - 1, -1, -1)))  # token -> its first id
-        return cls(name, str(gguf.get("general.architecture", "")), model, tuple(tokens), types, scores,
+        return cls(name, str(gguf.get(General.ARCHITECTURE, "")), model, tuple(tokens), types, scores,
                    tuple(merges) if merges is not None else None, id_keys, template, lookup)
 
     # ---- the TokenizerFiles protocol that the kept-set rules use -----------------------------------------
@@ -157,10 +155,10 @@ class GgufVocab:
                 kept = kept_merges(kv.value, new_tokens)
                 notes.append(f"{MERGES}: {len(kv.value) - len(kept)} merges dropped (an input or result was removed)")
                 kv.value = kept
-            elif kv.key == HF_JSON_KEY:
-                notes.append(f"{HF_JSON_KEY} dropped: it describes the untrimmed vocabulary")
+            elif kv.key == Tokenizer.HF_JSON:
+                notes.append(f"{Tokenizer.HF_JSON} dropped: it describes the untrimmed vocabulary")
                 continue
-            elif kv.key == f"{self.arch}.vocab_size":
+            elif kv.key == arch_key(LLM.VOCAB_SIZE, self.arch):
                 kv.value = new_rows
             elif kv.key in ID_LISTS and kv.type == ARRAY:
                 kv.value = np.array([old_to_new[i] for i in kv.value if 0 <= i < len(old_to_new) and old_to_new[i] >= 0],
@@ -175,7 +173,8 @@ class GgufVocab:
 
 
 def _names_ids(key: str) -> bool:
-    return (key.startswith("tokenizer.ggml.") and key.endswith("_token_id")) or key.endswith(".decoder_start_token_id")
+    return ((key.startswith(Tokenizer.ID_PREFIX) and key.endswith(Tokenizer.ID_SUFFIX))
+            or key.endswith(Tokenizer.DECODER_START_ID_SUFFIX))
 
 
 def split_merge(merge: str) -> tuple[str, str] | None:
@@ -227,12 +226,12 @@ def hf_encoder(vocab: GgufVocab, gguf: GgufFile, tokenizer_dir: Path | None):
         if not where.exists():
             raise InputError(f"--tokenizer {tokenizer_dir}: no tokenizer.json there")
         tokenizer = tokenizers.Tokenizer.from_file(str(where))
-    elif gguf.get(HF_JSON_KEY) is not None:
-        where = Path(f"{vocab.name}:{HF_JSON_KEY}")
-        tokenizer = tokenizers.Tokenizer.from_str(gguf.get(HF_JSON_KEY))
+    elif gguf.get(Tokenizer.HF_JSON) is not None:
+        where = Path(f"{vocab.name}:{Tokenizer.HF_JSON}")
+        tokenizer = tokenizers.Tokenizer.from_str(gguf.get(Tokenizer.HF_JSON))
     else:
         raise InputError(f"{vocab.name}: keep needs a tokenizer to encode text; this GGUF embeds none "
-                         f"({HF_JSON_KEY})", hint="give the Hugging Face tokenizer of the same model: --tokenizer DIR")
+                         f"({Tokenizer.HF_JSON})", hint="give the Hugging Face tokenizer of the same model: --tokenizer DIR")
     hf_vocab = tokenizer.get_vocab(with_added_tokens=True)
     by_id = {i: t for t, i in hf_vocab.items()}
     if max(by_id, default=-1) >= vocab.size():

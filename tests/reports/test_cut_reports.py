@@ -138,7 +138,7 @@ def test_a_gguf_cut_is_proved_and_one_changed_row_or_key_is_named(cut, tmp_path)
     result = surgery.verify(src, out)
     assert result.ok, result.to_json()
     assert [f.check for f in result.findings] == ["tensors", "metadata"]
-    from surgery.verbs.vocab_gguf import open_gguf
+    from surgery.edit.gguf_edit import open_gguf
 
     entry = {t.name: t for t in open_gguf(out)[0].tensors}[tensor]
     good = out.read_bytes()

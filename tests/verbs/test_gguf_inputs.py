@@ -70,9 +70,9 @@ def test_a_gguf_output_that_is_a_folder_is_refused_even_with_force(tmp_path):
 
 
 def test_split_gguf_outputs_of_every_verb_are_named_like_trims(tmp_path):
-    from surgery.verbs.vocab_gguf import default_output
+    from surgery.formats.paths import default_output
 
     src = tmp_path / "m-00001-of-00003.gguf"
-    assert default_output(src).name == "m-trimmed-00001-of-00003.gguf"
+    assert default_output(src, "trimmed").name == "m-trimmed-00001-of-00003.gguf"
     assert default_output(src, "pruned").name == "m-pruned-00001-of-00003.gguf"
     assert default_output(src, "4layers").name == "m-4layers-00001-of-00003.gguf"

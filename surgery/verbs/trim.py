@@ -1,9 +1,23 @@
-"""plan_trim: everything a trim will do, computed from headers, configs and tokenizer files alone."""
+"""trim: keep a vocabulary's kept ids, for folders and GGUF files; every decision from headers, configs and
+tokenizer metadata alone.
+
+The kept set follows one set of rules (complete_kept_set, ../shared/TOKENIZERS.md) over the folder's tokenizer
+files or the GGUF file's own tokenizer metadata. Vocabulary rows are gathered as bytes (whole quantized blocks in a
+GGUF file, never dequantized); every other tensor is copied byte for byte. A folder gets `surgery_trim.json`
+beside it; a GGUF output (split or not, in the source's layout) carries the same record in its first part's
+metadata (`surgery.trim_record`), so the file proves itself.
+
+The folder and GGUF plans differ where their containers do: a folder rewrites tokenizer files and configs
+(tokenizer/, model/config_keys), a GGUF file rewrites its tokenizer key-values (tokenizer/gguf_vocab).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -15,7 +29,9 @@ from surgery.edit.actions import (
     action_totals,
     other_files,
 )
-from surgery.errors import CheckpointError, InputError
+from surgery.edit.gguf_edit import GgufAction, GgufEdit
+from surgery.errors import CheckpointError, InputError, VerifyError
+from surgery.formats.gguf import GgufFile, KeyValue, read_gguf, tensor_nbytes
 from surgery.formats.hf_folder import (
     CONFIG,
     GENERATION_CONFIG,
@@ -31,9 +47,56 @@ from surgery.model.config_keys import (
     patch_config,
     vocab_size_keys,
 )
-from surgery.model.vocab_tensors import PREFIX_TABLE_SIZE_KEYS, VocabTensors
+from surgery.model.keys import Record, Tokenizer
+from surgery.model.names import GGUF, GGUF_TOKEN_EMBD, GGUF_VOCAB_PATTERNS, gguf_group
+from surgery.model.vocab_tensors import PREFIX_TABLE_SIZE_KEYS, Role, VocabTensors
 from surgery.tokenizer import TokenizerFiles
+from surgery.tokenizer.gguf_vocab import GgufVocab, pad_token_names
 from surgery.verbs.keep_list import KeepList, build_old_to_new
+
+@dataclass(frozen=True)
+class TrimSource:
+    """A checkpoint read once for trims: its Source, and for a folder its vocabulary tensors and tokenizer files.
+    `plan()` takes a keep list; a script that plans many trims (100 keep lists) reads nothing again, and nothing
+    in it is changed by a plan."""
+
+    source: object  # edit/sources FolderSource or GgufSource
+    vocab_tensors: tuple[str, ...] = ()
+    not_vocab_tensors: tuple[str, ...] = ()
+    vocab: object = None  # folders: model.vocab_tensors.VocabTensors
+    tokenizer: object = None  # folders: tokenizer.TokenizerFiles
+
+    @classmethod
+    def open(cls, path: Path, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()
+             ) -> TrimSource:
+        from surgery.edit.sources import open_source
+        from surgery.model.vocab_tensors import find_vocab_tensors
+
+        source = open_source(path)
+        if source.container == GGUF:
+            return cls(source, tuple(vocab_tensors), tuple(not_vocab_tensors))
+        return cls(source, tuple(vocab_tensors), tuple(not_vocab_tensors),
+                   find_vocab_tensors(source.checkpoint, vocab_tensors, not_vocab_tensors), TokenizerFiles.load(path))
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+    def n_ids(self) -> int:
+        """The ids a keep list may name: the tokenizer's (or the embedding's rows, when more)."""
+        if self.source.container == GGUF:
+            return len(self.source.parts[0].get(Tokenizer.TOKENS) or [])
+        return max(self.vocab.n_rows, self.tokenizer.size())
+
+    def plan(self, keep: KeepList, *, pad_to_multiple_of: int | None = None, drop_reserved: bool = False
+             ) -> TrimPlan | GgufTrimPlan:
+        if self.source.container == GGUF:
+            return plan_gguf_trim(list(self.source.parts), keep, pad_to_multiple_of=pad_to_multiple_of,
+                                  drop_reserved=drop_reserved, vocab_tensors=self.vocab_tensors,
+                                  not_vocab_tensors=self.not_vocab_tensors)
+        return plan_trim(self.source.checkpoint, self.vocab, self.tokenizer, keep,
+                         pad_to_multiple_of=pad_to_multiple_of, drop_reserved=drop_reserved)
+
 
 TRIM_RECORD = "surgery_trim.json"  # written into OUT: the old id of every new id, and why it was kept
 
@@ -50,6 +113,15 @@ class TrimPlan(FolderEdit):
     additions: tuple[tuple[str, tuple[int, ...]], ...]  # (rule, old ids it added), in rule order
     tokenizer_kind: str
     vocab: VocabTensors
+    tokenizer: object = field(default=None, compare=False, repr=False)  # the source's TokenizerFiles, for checks
+
+    def check_written(self, out: Path) -> list[str]:
+        from surgery.edit.checks import verify
+
+        return verify(self, out, self.tokenizer)
+
+    def vocab_shapes(self) -> dict[str, list[int]]:
+        return {a.name: list(a.new_shape) for a in self.tensor_actions() if a.action == "gather"}
 
     @property
     def new_rows(self) -> int:
@@ -222,7 +294,7 @@ def plan_trim(
     return TrimPlan(
         src=ckpt.root, n_rows=n_rows, n_tokens=n_tokens, user_ids=len(user_ids), kept_ids=kept_ids,
         row_source=row_source, rowless_ids=rowless_ids, pad_source=pad_source, additions=tuple(additions),
-        tokenizer_kind=tokenizer.kind(),
+        tokenizer_kind=tokenizer.kind(), tokenizer=tokenizer,
         vocab=vocab, shards=shards, indexes=ckpt.indexes, files=files,
         copied=copied, skipped=skipped, config_patches=tuple(patches), notes=tuple(notes),
     )
@@ -317,3 +389,177 @@ def _shard_plan(shard, vocab: VocabTensors, kept_ids: np.ndarray, new_rows: int 
 
 def _load_optional(path: Path):
     return load_json(path) if path.exists() else None
+
+
+# ---- GGUF files ------------------------------------------------------------------------------------------
+
+RECORD_KEY = Record.TRIM  # the record in a GGUF output's metadata
+
+
+def find_gguf_vocab_tensors(parts: list[GgufFile], n_vocab: int, named: tuple[str, ...] = (),
+                            not_vocab: tuple[str, ...] = ()) -> dict[str, Role]:
+    """The vocabulary tensors by name table (+ --vocab-tensor); refuse any other tensor with that length."""
+    tensors = [t for part in parts for t in part.tensors]
+    found: dict[str, Role] = {}
+    for tensor in tensors:
+        role = next((Role(r) for pattern, r in GGUF_VOCAB_PATTERNS if re.fullmatch(pattern, tensor.name)), None)
+        if tensor.name in {n.rsplit(":", 1)[0] for n in named}:
+            role = Role.HEAD if tensor.name != GGUF_TOKEN_EMBD else Role.EMBED
+        if role is None:
+            continue
+        if tensor.shape[0] != n_vocab:
+            raise CheckpointError(f"{tensor.path.name}: '{tensor.name}' has {tensor.shape[0]} rows but the tokenizer "
+                                  f"has {n_vocab} tokens; llama.cpp requires them equal")
+        found[tensor.name] = role
+    if GGUF_TOKEN_EMBD not in found:
+        raise CheckpointError(f"{parts[0].path.name}: no {GGUF_TOKEN_EMBD} tensor")
+    stray = [t for t in tensors if t.name not in found and n_vocab in t.shape
+             and not any(fnmatch.fnmatchcase(t.name, p) for p in not_vocab)]
+    if stray:
+        listed = ", ".join(f"'{t.name}' {list(t.ne)}" for t in stray[:4])
+        groups = list(dict.fromkeys(gguf_group(t.name) for t in stray))
+        raise CheckpointError(
+            f"{len(stray)} tensor(s) outside the vocabulary tensors have a dimension of the vocabulary's length "
+            f"{n_vocab}: {listed}",
+            hint="to trim them too: " + " ".join(f"--vocab-tensor {t.name}" for t in stray[:4])
+                 + "; if they have no vocabulary axis: " + " ".join(f"--not-vocab-tensor '{g}'" for g in groups[:6]))
+    return found
+
+
+def gguf_totals(parts: list[GgufFile], roles: dict[str, Role], new_rows: int) -> dict[str, int]:
+    """Parameters and bytes before and after keeping new_rows rows, from the tensor infos alone."""
+    tensors = [t for part in parts for t in part.tensors]
+    new_ne = {t.name: t.ne[:-1] + (new_rows,) if t.name in roles else t.ne for t in tensors}
+    return {
+        "params_before": sum(int(np.prod(t.ne)) for t in tensors),
+        "params_after": sum(int(np.prod(new_ne[t.name])) for t in tensors),
+        "bytes_before": sum(t.nbytes for t in tensors),
+        "bytes_after": sum(tensor_nbytes(t.ggml_type, new_ne[t.name], t.name) for t in tensors),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class GgufTrimPlan(GgufEdit):
+    src: Path
+    parts: tuple[GgufFile, ...]
+    vocab: GgufVocab
+    user_ids: int
+    kept_ids: np.ndarray
+    row_source: np.ndarray
+    pad_source: int | None
+    additions: tuple[tuple[str, tuple[int, ...]], ...]
+    actions: tuple[GgufAction, ...]
+    kvs: tuple[tuple[KeyValue, ...], ...]  # per part; the first part's tokenizer rewritten
+    notes: tuple[str, ...]
+    record_key: ClassVar[str] = RECORD_KEY
+
+    @property
+    def n_rows(self) -> int:
+        return self.vocab.size()
+
+    @property
+    def new_rows(self) -> int:
+        return len(self.row_source)
+
+    @property
+    def tied(self) -> bool:
+        return not any(a.role == Role.HEAD.value for a in self.actions)
+
+    def addition_counts(self) -> dict[str, int]:
+        return {rule: len(ids) for rule, ids in self.additions}
+
+    @property
+    def n_tokens(self) -> int:
+        return self.vocab.size()
+
+    def record(self) -> dict:
+        return trim_record(self)
+
+    def check_output(self, targets: list[Path]) -> None:
+        check_gguf_output(self, targets)
+
+    def vocab_shapes(self) -> dict[str, list[int]]:
+        return {a.name: list(reversed(a.new_ne)) for a in self.actions if a.role}
+
+    def to_json(self) -> dict:
+        return {
+            "source": str(self.src),
+            "tokenizer": self.vocab.kind(),
+            "tied": self.tied,
+            "old_vocab_rows": self.n_rows,
+            "old_tokenizer_size": self.n_rows,
+            "user_ids": self.user_ids,
+            "added_by_rule": self.addition_counts(),
+            "kept": len(self.kept_ids),
+            "new_vocab_rows": self.new_rows,
+            **self.totals(),
+            "tensors": [{"name": a.name, "shard": self.parts[a.part].path.name, "action": "gather", "role": a.role,
+                         "dtype": a.tensor.dtype, "old_shape": list(a.tensor.shape),
+                         "new_shape": list(reversed(a.new_ne))} for a in self.actions if a.role],
+            "copied_tensors": sum(1 for a in self.actions if not a.role),
+            "notes": list(self.notes),
+        }
+
+    def describe(self) -> str:
+        t = self.totals()
+        lines = [
+            f"source: {self.src}" + (f" ({len(self.parts)} parts)" if len(self.parts) > 1 else ""),
+            f"tokenizer: {self.vocab.kind()} ({self.n_rows} ids)",
+            f"vocab tensors ({'tied' if self.tied else 'untied'}):",
+            *(f"  {a.name} [{a.role}] {a.tensor.dtype} {list(a.tensor.shape)} -> {list(reversed(a.new_ne))}"
+              for a in self.actions if a.role),
+            *kept_summary(self, t),
+        ]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def plan_gguf_trim(parts: list[GgufFile], keep: KeepList, *, pad_to_multiple_of: int | None = None,
+                   drop_reserved: bool = False, vocab_tensors: tuple[str, ...] = (),
+                   not_vocab_tensors: tuple[str, ...] = ()) -> GgufTrimPlan:
+    """Decide the kept set and every action from the metadata alone."""
+    vocab = GgufVocab.of(parts[0])
+    n_rows = vocab.size()
+    roles = find_gguf_vocab_tensors(parts, n_rows, vocab_tensors, not_vocab_tensors)
+    notes = []
+    if keep.duplicates:
+        notes.append(f"{keep.path.name}: {keep.duplicates} duplicate ids counted once")
+    user_ids = set(keep.ids)
+    kept, additions = complete_kept_set([vocab.config()], None, vocab, user_ids, n_rows, drop_reserved=drop_reserved)
+    kept_ids = np.array(sorted(kept), dtype=np.int64)
+    pad_source, row_source = None, kept_ids.copy()
+    if pad_to_multiple_of:
+        n_pad = -len(kept_ids) % pad_to_multiple_of
+        candidates = [vocab.id_keys.get(Tokenizer.PAD_ID), vocab.id_keys.get(Tokenizer.UNK_ID)]
+        pad_source = next((c for c in candidates if type(c) is int and c in kept), int(kept_ids[0]))
+        row_source = np.concatenate([kept_ids, np.full(n_pad, pad_source, np.int64)])
+    pad_tokens = pad_token_names(set(vocab.tokens), len(row_source) - len(kept_ids), len(kept_ids))
+    actions = []
+    for index, part in enumerate(parts):
+        for tensor in part.tensors:
+            role = roles.get(tensor.name)
+            new_ne = tensor.ne[:-1] + (len(row_source),) if role else tensor.ne
+            actions.append(GgufAction(index, tensor, new_ne, role.value if role else None))
+    first_kvs, tok_notes = vocab.rewrite(list(parts[0].kvs.values()), kept_ids, len(row_source), pad_tokens)
+    return GgufTrimPlan(parts[0].path, tuple(parts), vocab, len(user_ids), kept_ids, row_source, pad_source,
+                        tuple(additions), tuple(actions),
+                        (tuple(first_kvs), *(tuple(part.kvs.values()) for part in parts[1:])), tuple(notes + tok_notes))
+
+
+def check_gguf_output(plan: GgufTrimPlan, targets: list[Path]) -> None:
+    """Reopen the parts: tokens per id, then every tensor by the one checker (sampled rows equal their source rows,
+    copied tensors' sampled rows equal)."""
+    from surgery.edit.checks import slice_problem
+
+    try:
+        written = [read_gguf(t) for t in targets]
+    except CheckpointError as e:
+        raise VerifyError(f"output {e}") from e
+    new_vocab = GgufVocab.of(written[0])
+    expected = [plan.vocab.tokens[i] for i in plan.kept_ids] + list(new_vocab.tokens[len(plan.kept_ids):])
+    if list(new_vocab.tokens) != expected or len(expected) != plan.new_rows:
+        raise VerifyError(f"output {targets[0].name}: token list does not name the kept tokens in order")
+    problem = slice_problem(plan.slices(), {t.name: t for part in written for t in part.tensors}, sample=True)
+    if problem is not None:
+        raise VerifyError(f"output: {problem}")
+
+

@@ -9,7 +9,7 @@ import pytest
 from surgery.errors import CheckpointError
 from surgery.formats.gguf import GgufFile, GgufTensor
 from surgery.model.vocab_tensors import Role
-from surgery.verbs.vocab_gguf import default_output, find_gguf_vocab_tensors
+from surgery.verbs.trim import find_gguf_vocab_tensors
 
 V, E = 800, 256
 
@@ -44,8 +44,10 @@ def test_a_vocab_table_of_the_wrong_length_is_refused():
 
 
 def test_default_output_names():
-    assert default_output(Path("/m/model-Q4_K_M.gguf")).name == "model-Q4_K_M-trimmed.gguf"
-    assert default_output(Path("/m/big-00001-of-00003.gguf")).name == "big-trimmed-00001-of-00003.gguf"
+    from surgery.formats.paths import default_output
+
+    assert default_output(Path("/m/model-Q4_K_M.gguf"), "trimmed").name == "model-Q4_K_M-trimmed.gguf"
+    assert default_output(Path("/m/big-00001-of-00003.gguf"), "trimmed").name == "big-trimmed-00001-of-00003.gguf"
 
 
 def test_drop_layers_slices_per_block_arrays_and_moves_mtp_blocks(tmp_path):
@@ -61,7 +63,8 @@ def test_drop_layers_slices_per_block_arrays_and_moves_mtp_blocks(tmp_path):
         encode_header,
         read_gguf,
     )
-    from surgery.verbs.layers_gguf import plan_gguf_drop_layers
+    from surgery.edit.sources import GgufSource
+    from surgery.verbs.drop_layers import plan_drop_layers
 
     tensors = [("token_embd.weight", (4, 8))] + [(f"blk.{i}.ffn_up.weight", (4, 4)) for i in range(5)]
     kvs = [KeyValue("general.architecture", STRING, "glm4moe"), KeyValue("glm4moe.block_count", UINT32, 5),
@@ -72,7 +75,7 @@ def test_drop_layers_slices_per_block_arrays_and_moves_mtp_blocks(tmp_path):
     header = encode_header(3, kvs, [(n, ne, 0, o) for (n, ne), o in zip(tensors, data_offsets(nbytes, 32))], 32)
     path = tmp_path / "m.gguf"
     path.write_bytes(header + b"".join(bytes([i]) * n + bytes(-n % 32) for i, n in enumerate(nbytes)))
-    plan = plan_gguf_drop_layers([read_gguf(path)], [0, 3])
+    plan = plan_drop_layers(GgufSource((read_gguf(path),)), [0, 3])
     assert [a.name for a in plan.actions] == ["token_embd.weight", "blk.0.ffn_up.weight", "blk.1.ffn_up.weight",
                                               "blk.2.ffn_up.weight"]
     assert plan.actions[3].tensor.name == "blk.4.ffn_up.weight"  # the MTP block follows the kept ones

@@ -12,7 +12,7 @@ from surgery.formats.hf_folder import Checkpoint
 from surgery.model.vocab_tensors import find_vocab_tensors
 from surgery.tokenizer import TokenizerFiles
 from surgery.verbs.keep_list import KeepList
-from surgery.verbs.vocab import plan_trim
+from surgery.verbs.trim import plan_trim
 
 
 def zero_tensor_data(root):
