@@ -22,7 +22,7 @@ from pathlib import Path
 
 from surgery.edit.staging import check_folder_output, check_output_path, write_plan
 from surgery.errors import InputError
-from surgery.formats.paths import check_source, default_output, is_gguf
+from surgery.formats.paths import check_source, default_output
 
 Progress = Callable[[int], None]  # called with the number of bytes just written
 
@@ -97,7 +97,8 @@ def _source(src) -> Path:
 
 
 def open_source(src, *, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()):
-    """Read a folder or GGUF file once, for many trims: `surgery.trim(opened, keep, out)` for each keep list."""
+    """Read a folder or GGUF file once, for many plans: `surgery.trim(opened, keep, out)` for each keep list,
+    `surgery.drop_layers(opened, ...)` and `surgery.prune(opened, ...)` for each cut."""
     from surgery.verbs.trim import TrimSource
 
     return TrimSource.open(_source(src), tuple(vocab_tensors), tuple(not_vocab_tensors))
@@ -111,7 +112,7 @@ def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, 
 
     `check_output=False` skips the checks on OUT (for a dry run, where nothing is written).
     """
-    from surgery.verbs.trim import TrimSource
+    from surgery.verbs.trim import TrimSource, check_trim_options
 
     opened = src if isinstance(src, TrimSource) else None
     if opened is not None and (tuple(vocab_tensors), tuple(not_vocab_tensors)) not in (
@@ -119,8 +120,7 @@ def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, 
         raise InputError("vocab_tensors / not_vocab_tensors: give them to open_source, which settles the vocabulary "
                          "tensors once")
     src = opened.path if opened is not None else _source(src)
-    if link_unchanged and is_gguf(src):
-        raise InputError("--link-unchanged: a GGUF file is written anew as a whole; there is no unchanged shard")
+    check_trim_options(src, link_unchanged)
     out = Path(out) if out is not None else default_output(src, "trimmed")
     if check_output:
         check_output_path(src, out, force)  # before any work: a refusal should not wait for the plan
@@ -161,6 +161,18 @@ def _keep_list(keep, n_vocab: int):
     return KeepList.of(keep, n_vocab)
 
 
+def _container(src):
+    """The Source of `src`: a path, an `open_source` result, or a Source itself (edit/sources)."""
+    from surgery.edit.sources import FolderSource, GgufSource, open_source as open_container
+    from surgery.verbs.trim import TrimSource
+
+    if isinstance(src, TrimSource):
+        return src.source
+    if isinstance(src, (FolderSource, GgufSource)):
+        return src
+    return open_container(_source(src))
+
+
 def _cut_job(plan, out: Path) -> Job:
     """A drop-layers or prune plan as a Job: write it, check it, name what was written."""
 
@@ -177,13 +189,13 @@ def _cut_job(plan, out: Path) -> Job:
 def prepare_drop_layers(src, out=None, *, drop: str | None = None, keep_layers: str | None = None,
                         tail: int | None = None, importance=None, num_layers: int | None = None, force: bool = False,
                         check_output: bool = True) -> Job:
-    """Plan the removal of decoder layers from a folder or a GGUF file; choose with exactly one of drop
-    ("1,4-5"), keep_layers, tail, or importance (a surgery-importance/1 file) with num_layers."""
-    from surgery.edit.sources import open_source as open_container
+    """Plan the removal of decoder layers from a folder or a GGUF file (a path, or an `open_source` result: many
+    cuts of one source read its headers once); choose with exactly one of drop ("1,4-5"), keep_layers, tail, or
+    importance (a surgery-importance/1 file) with num_layers."""
     from surgery.verbs.drop_layers import choose_kept_layers, plan_drop_layers
 
-    src = _source(src)
-    source = open_container(src)
+    source = _container(src)
+    src = source.path
     kept = choose_kept_layers(source.n_layers(), drop=drop, keep_layers=keep_layers, tail=tail,
                               num_layers=num_layers, importance=Path(importance) if importance is not None else None)
     out = Path(out) if out is not None else default_output(src, f"{len(kept)}layers")
@@ -205,17 +217,18 @@ def prepare_prune(src, importance, out=None, *, intermediate_size: int | None = 
                   num_experts: int | None = None, moe_intermediate_size: int | None = None,
                   shared_expert_intermediate_size: int | None = None, force: bool = False,
                   check_output: bool = True) -> Job:
-    """Plan Minitron width pruning of a folder or a GGUF file from an importance file (surgery-importance/1): the N
-    most important MLP neurons / query heads per layer, hidden channels, or experts per layer."""
-    from surgery.edit.sources import open_source as open_container
+    """Plan Minitron width pruning of a folder or a GGUF file (a path, or an `open_source` result) from an
+    importance file (surgery-importance/1): the N most important MLP neurons / query heads per layer, hidden
+    channels, or experts per layer."""
     from surgery.mining.importance_file import load_importance
     from surgery.verbs.prune import plan_prune
 
-    src = _source(src)
+    source = _container(src)
+    src = source.path
     out = Path(out) if out is not None else default_output(src, "pruned")
     if check_output:
         check_output_path(src, out, force)
-    plan = plan_prune(open_container(src), load_importance(Path(importance)), Path(importance).name,
+    plan = plan_prune(source, load_importance(Path(importance)), Path(importance).name,
                       intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
                       hidden_size=hidden_size, num_experts=num_experts, moe_intermediate_size=moe_intermediate_size,
                       shared_expert_intermediate_size=shared_expert_intermediate_size)
@@ -238,14 +251,10 @@ def prepare_factor(src, out=None, *, rank_ratio=None, param_ratio=None, energy=N
     `scaling` is an importance file with input statistics (activation-aware); `targets` are module-name globs."""
     from surgery.formats.hf_folder import Checkpoint
     from surgery.lowrank.ranks import parse_rules
-    from surgery.verbs.factor import check_factor_output, decompose, family_outputs, plan_factor
+    from surgery.verbs.factor import check_factor_output, decompose, family_outputs, plan_factor, refuse_gguf
 
     src = _source(src)
-    if is_gguf(src):
-        raise InputError(f"{src.name}: a GGUF file; llama.cpp cannot run factored layers, so factor writes "
-                         "Hugging Face folders only",
-                         hint="factor the Hugging Face folder; after training, `surgery unfactor` it and convert "
-                              "that to GGUF")
+    refuse_gguf(src)
     rules = parse_rules(*(_values(v) for v in (rank_ratio, param_ratio, energy)), rank_multiple)
     out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-factored"
     outs = family_outputs(out, rules)
@@ -283,11 +292,10 @@ def factor(src, out=None, *, progress: Progress | None = None, **options) -> Res
 def prepare_unfactor(src, out=None, *, device: str = "cpu", force: bool = False) -> Job:
     """Plan the product of a factored folder's factors: the plain source architecture again."""
     from surgery.formats.hf_folder import Checkpoint
-    from surgery.verbs.unfactor import check_unfactor_output, multiply, plan_unfactor
+    from surgery.verbs.unfactor import check_unfactor_output, multiply, plan_unfactor, refuse_gguf
 
     src = _source(src)
-    if is_gguf(src):
-        raise InputError(f"{src.name}: a GGUF file; unfactor reads the folders that surgery factor writes")
+    refuse_gguf(src)
     out = Path(out) if out is not None else src.parent / f"{src.resolve().name}-dense"
     check_folder_output(src, out, force)
     plan = plan_unfactor(Checkpoint.open(src), _engine(device))
@@ -422,29 +430,10 @@ def keep(src, corpora: Iterable, output=None, **options):
 def inspect(src, keep=None, *, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()):
     """What a folder or GGUF file holds (the `inspect --json` document), reading no tensor data; with
     `keep`, also the plan a trim would follow (under "plan"). Returns (report, job or None)."""
-    from surgery.errors import CheckpointError
+    from surgery.reports.inspection import inspect_source
 
     src = _source(src)
-    if is_gguf(src):
-        from surgery.reports.gguf_reports import inspect_gguf
-        from surgery.edit.gguf_edit import open_gguf
-
-        report = inspect_gguf(open_gguf(src), tuple(vocab_tensors), tuple(not_vocab_tensors))
-    else:
-        from surgery.formats.hf_folder import Checkpoint
-        from surgery.model.vocab_tensors import find_vocab_tensors
-        from surgery.reports.inspection import inspect_checkpoint
-        from surgery.tokenizer import TokenizerFiles
-
-        checkpoint = Checkpoint.open(src)
-        vocab = find_vocab_tensors(checkpoint, tuple(vocab_tensors), tuple(not_vocab_tensors))
-        try:
-            tokenizer = TokenizerFiles.load(src)
-        except CheckpointError as e:
-            if keep is not None:  # a plan needs the tokenizer
-                raise
-            tokenizer = e
-        report = inspect_checkpoint(checkpoint, vocab, tokenizer)
+    report = inspect_source(src, tuple(vocab_tensors), tuple(not_vocab_tensors), tokenizer_required=keep is not None)
     job = None
     if keep is not None:
         job = prepare_trim(src, keep, vocab_tensors=vocab_tensors, not_vocab_tensors=not_vocab_tensors,
@@ -465,12 +454,7 @@ def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, voc
             raise InputError(f"{out}: a {kind} output keeps the source's tokenizer; --corpus proves a "
                              "trim's tokenizer (`surgery compare` measures what a cut cost)")
         return VerifyResult(verify_cut(src, out))
-    if is_gguf(src):
-        from surgery.reports.gguf_reports import compare_gguf
+    from surgery.reports.comparison import verify_trim
 
-        return VerifyResult(compare_gguf(src, out, tuple(vocab_tensors), tuple(not_vocab_tensors)))
-    from surgery.reports.comparison import compare_checkpoints
-
-    specs = tuple(_corpus_specs(corpora))
-    return VerifyResult(compare_checkpoints(src, out, specs, max_docs, vocab_tensors=tuple(vocab_tensors),
-                                            not_vocab_tensors=tuple(not_vocab_tensors)))
+    return VerifyResult(verify_trim(src, out, tuple(_corpus_specs(corpora)), max_docs, vocab_tensors=tuple(vocab_tensors),
+                                    not_vocab_tensors=tuple(not_vocab_tensors)))

@@ -153,3 +153,66 @@ def build_tiny(arch: Arch, root: Path, base: dict, dtype=None):
         model = model.to(dtype)
     model.save_pretrained(root)
     return model
+
+
+# ---- a tiny Llama-shaped model in both containers, for the cut verbs (no torch) -------------------------------
+
+H, I, N_HEADS, HEAD_DIM, LAYERS = 8, 12, 2, 4, 3  # hidden, intermediate, heads, head_dim, layers
+
+
+def tiny_folder(root):
+    """A Llama-shaped folder of F32 tensors (no torch needed): enough for drop-layers and prune to plan and write."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    weights = {"model.embed_tokens.weight": rng.standard_normal((16, H)), "model.norm.weight": rng.standard_normal(H)}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        weights.update({p + "self_attn.q_proj.weight": rng.standard_normal((N_HEADS * HEAD_DIM, H)),
+                        p + "self_attn.k_proj.weight": rng.standard_normal((HEAD_DIM, H)),
+                        p + "self_attn.v_proj.weight": rng.standard_normal((HEAD_DIM, H)),
+                        p + "self_attn.o_proj.weight": rng.standard_normal((H, N_HEADS * HEAD_DIM)),
+                        p + "mlp.gate_proj.weight": rng.standard_normal((I, H)),
+                        p + "mlp.up_proj.weight": rng.standard_normal((I, H)),
+                        p + "mlp.down_proj.weight": rng.standard_normal((H, I)),
+                        p + "input_layernorm.weight": rng.standard_normal(H),
+                        p + "post_attention_layernorm.weight": rng.standard_normal(H)})
+    root.mkdir()
+    save_file({k: v.astype(np.float32) for k, v in weights.items()}, root / "model.safetensors")
+    (root / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 16, "hidden_size": H,
+        "intermediate_size": I, "num_hidden_layers": LAYERS, "num_attention_heads": N_HEADS,
+        "num_key_value_heads": 1, "head_dim": HEAD_DIM}))
+    return root
+
+
+def tiny_gguf(path):
+    """The same model as a GGUF file written by our writer (F32, llama names and keys)."""
+    from surgery.formats.gguf import STRING, UINT32, KeyValue, data_offsets, encode_header
+
+    kvs = [KeyValue("general.architecture", STRING, "llama"), KeyValue("llama.block_count", UINT32, LAYERS),
+           KeyValue("llama.embedding_length", UINT32, H), KeyValue("llama.feed_forward_length", UINT32, I),
+           KeyValue("llama.attention.head_count", UINT32, N_HEADS),
+           KeyValue("llama.attention.head_count_kv", UINT32, 1),
+           KeyValue("llama.attention.key_length", UINT32, HEAD_DIM)]
+    tensors = [("token_embd.weight", (H, 16)), ("output_norm.weight", (H,))]
+    for i in range(LAYERS):
+        tensors += [(f"blk.{i}.attn_q.weight", (H, N_HEADS * HEAD_DIM)), (f"blk.{i}.attn_k.weight", (H, HEAD_DIM)),
+                    (f"blk.{i}.attn_v.weight", (H, HEAD_DIM)), (f"blk.{i}.attn_output.weight", (N_HEADS * HEAD_DIM, H)),
+                    (f"blk.{i}.ffn_gate.weight", (H, I)), (f"blk.{i}.ffn_up.weight", (H, I)),
+                    (f"blk.{i}.ffn_down.weight", (I, H)), (f"blk.{i}.attn_norm.weight", (H,)),
+                    (f"blk.{i}.ffn_norm.weight", (H,))]
+    nbytes = [4 * int(np.prod(ne)) for _, ne in tensors]
+    offsets = data_offsets(nbytes, 32)
+    header = encode_header(3, kvs, [(name, ne, 0, o) for (name, ne), o in zip(tensors, offsets)], 32)
+    data = np.random.default_rng(1).standard_normal((offsets[-1] + nbytes[-1]) // 4).astype(np.float32)
+    path.write_bytes(header + data.tobytes())
+    return path
+
+
+def importance_file(path):
+    rng = np.random.default_rng(2)
+    path.write_text(json.dumps({"format": "surgery-importance/1", "layers": rng.random(LAYERS).tolist(),
+                                "mlp": rng.random((LAYERS, I)).tolist(), "heads": rng.random((LAYERS, N_HEADS)).tolist(),
+                                "hidden": rng.random(H).tolist()}))
+    return path

@@ -83,23 +83,30 @@ def test_drop_layers_in_python(tmp_path):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 2
 
 
+def count_header_reads(monkeypatch) -> list[str]:
+    """Every safetensors header and GGUF file read from now on, by path."""
+    import surgery.edit.gguf_edit as gguf_edit
+    import surgery.formats.hf_folder as hf_folder
+
+    reads = []
+    for module, name in ((hf_folder, "read_header"), (gguf_edit, "read_gguf")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda path, *a, original=original, **k: reads.append(str(path)) or
+                            original(path, *a, **k))
+    return reads
+
+
 @pytest.mark.parametrize("kind", ["folder", "gguf"])
 def test_an_opened_source_plans_many_trims_and_reads_nothing_again(kind, copy_fixture, tmp_path, monkeypatch):
     """A script that makes many variants opens the source once: headers, configs and tokenizer are not read again,
     and every output is byte-identical to a trim from the path."""
     from conftest import small_gguf
 
-    import surgery.formats.hf_folder as hf_folder
     import surgery.tokenizer as tokenizer_module
-    import surgery.edit.gguf_edit as gguf_edit
 
     src = copy_fixture("qwen-tied-sharded") if kind == "folder" else small_gguf(tmp_path / "m.gguf")
     opened = surgery.open_source(src)
-    reads = []
-    for module, name in ((hf_folder, "read_header"), (gguf_edit, "read_gguf")):
-        original = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda path, *a, original=original, **k: reads.append(str(path)) or
-                            original(path, *a, **k))
+    reads = count_header_reads(monkeypatch)
     original_load = tokenizer_module.TokenizerFiles.load
     monkeypatch.setattr(tokenizer_module.TokenizerFiles, "load", classmethod(
         lambda cls, root: reads.append(str(root)) or original_load.__func__(cls, root)))
@@ -123,3 +130,29 @@ def test_an_opened_source_plans_many_trims_and_reads_nothing_again(kind, copy_fi
             assert a.read_bytes() == b.read_bytes()
     with pytest.raises(InputError, match="give them to open_source"):
         surgery.prepare_trim(opened, range(5), tmp_path / "c", vocab_tensors=("x",))
+
+
+@pytest.mark.parametrize("kind", ["folder", "gguf"])
+def test_an_opened_source_plans_many_cuts_and_reads_no_header_again(kind, tmp_path, monkeypatch):
+    """drop-layers and prune take the same opened source as trim: their plans read no header again, and their
+    outputs are byte-identical to cuts from the path."""
+    from conftest import importance_file, tiny_folder, tiny_gguf
+
+    src = tiny_folder(tmp_path / "src") if kind == "folder" else tiny_gguf(tmp_path / "src.gguf")
+    imp = importance_file(tmp_path / "imp.json")
+    suffix = "" if kind == "folder" else ".gguf"
+    cuts = [("drop_layers", dict(drop="0")), ("drop_layers", dict(keep_layers="0,2")),
+            ("prune", dict(importance=imp, intermediate_size=6)), ("prune", dict(importance=imp, hidden_size=4))]
+    opened = surgery.open_source(src)
+    reads = count_header_reads(monkeypatch)
+    for i, (verb, options) in enumerate(cuts):
+        getattr(surgery, verb)(opened, out=tmp_path / f"a{i}{suffix}", **options)
+    assert not [path for path in reads if path.startswith(str(src))], reads
+    monkeypatch.undo()
+    for i, (verb, options) in enumerate(cuts):
+        getattr(surgery, verb)(src, out=tmp_path / f"b{i}{suffix}", **options)
+        a, b = tmp_path / f"a{i}{suffix}", tmp_path / f"b{i}{suffix}"
+        if kind == "folder":
+            assert {p.name: p.read_bytes() for p in a.iterdir()} == {p.name: p.read_bytes() for p in b.iterdir()}
+        else:
+            assert a.read_bytes() == b.read_bytes()

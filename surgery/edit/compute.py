@@ -1,9 +1,9 @@
 """Folders whose tensors are computed (low-rank factors, their products), one or several outputs in one pass.
 
-Every output tensor is an op: `Copy` (the source tensor's bytes, unchanged) or `Compute` (decoded F32/F16/BF16
-values in, encoded bytes out). Ops carry a group key (the module they belong to); the executor prepares each
-group's shared value once (a decomposition, a product) and hands it to every op of that group in every output,
-then lets it go: one matrix and its factors in memory at a time, however many outputs a family has.
+Every output tensor is an op (edit/ops.py): `Copy` or `Compute`. Ops carry a group key (the module they belong
+to); this writer prepares each group's shared value once (a decomposition, a product) and hands it to every op of
+that group in every output, then lets it go: one matrix and its factors in memory at a time, however many outputs
+a family has.
 
 The outputs share the source's shard layout, so their tensors come in the same group order (safetensors orders a
 shard by dtype, then name; a module's tensors share its name as a prefix).
@@ -18,43 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.dtypes import encode
 from surgery.edit.execute import copy_range, sync_tree, writing
+from surgery.edit.ops import Compute, Copy, Op, nbytes
 from surgery.formats.hf_folder import dump_json
-from surgery.formats.safetensors import ShardWriter, TensorEntry, TensorSpec, expected_nbytes, write_all
+from surgery.formats.safetensors import ShardWriter, TensorEntry, TensorSpec, write_all
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class Copy:
-    name: str
-    entry: TensorEntry
-    key: str
-
-    @property
-    def dtype(self) -> str:
-        return self.entry.dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.entry.shape
-
-
-@dataclass(frozen=True)
-class Compute:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    key: str
-    value: Callable[[object], np.ndarray]  # the group's prepared value -> this tensor's float values
-
-
-Op = Copy | Compute
-
-
-def nbytes(op: Op) -> int:
-    return expected_nbytes(op.dtype, op.shape)
 
 
 @dataclass(frozen=True)
@@ -156,7 +125,7 @@ def _write_shard(fd_in: int, shards: list[OutputShard], targets: list[Path], pre
                     writer.write_tensor(op.name, lambda fd, e=op.entry: copy_range(fd_in, fd, e.begin, e.nbytes,
                                                                                     progress))
                 else:
-                    data = encode(op.value(value), op.dtype)
+                    data = op.encoded(value)
                     writer.write_tensor(op.name, lambda fd, data=data: write_all(fd, data))
                     progress(len(data))
         del value

@@ -37,6 +37,19 @@ class Finding:
         return {"check": self.check, "ok": self.ok, "detail": self.detail, "examples": self.examples}
 
 
+def verify_trim(src: Path, out: Path, corpora: tuple[CorpusSpec, ...] = (), max_docs: int | None = None, *,
+                vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()) -> list[Finding]:
+    """Prove a trim of a folder or a GGUF file (a GGUF file proves itself from its stored record)."""
+    from surgery.formats.paths import is_gguf
+
+    if is_gguf(src):
+        from surgery.reports.gguf_reports import compare_gguf
+
+        return compare_gguf(src, out, vocab_tensors, not_vocab_tensors)
+    return compare_checkpoints(src, out, corpora, max_docs, vocab_tensors=vocab_tensors,
+                               not_vocab_tensors=not_vocab_tensors)
+
+
 def compare_checkpoints(src: Path, out: Path, corpora: tuple[CorpusSpec, ...] = (), max_docs: int | None = None, *,
                         vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()) -> list[Finding]:
     old, new = Checkpoint.open(src), Checkpoint.open(out)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 
 from surgery.dtypes import DTYPE_BITS
 from surgery.errors import CheckpointError
 from surgery.formats.base import Container
 from surgery.formats.hf_folder import Checkpoint
 from surgery.model.config_keys import get_dotted, named_token_ids, vocab_size_keys
-from surgery.model.vocab_tensors import VocabTensors
+from surgery.model.vocab_tensors import VocabTensors, find_vocab_tensors
 from surgery.tokenizer import TokenizerFiles
 
 
@@ -29,6 +30,28 @@ def weights_summary(container: Container, dtype_order=None) -> dict:
         "nbytes": sum(d["nbytes"] for d in by_dtype.values()),
         "by_dtype": dict(sorted(by_dtype.items(), key=(lambda item: dtype_order(item[0])) if dtype_order else None)),
     }
+
+
+def inspect_source(src: Path, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = (), *,
+                   tokenizer_required: bool = False) -> dict:
+    """The `inspect --json` document of a folder or a GGUF file, reading no tensor data. A folder's tokenizer that
+    cannot be loaded is reported, not raised, unless `tokenizer_required` (a trim plan follows)."""
+    from surgery.formats.paths import is_gguf
+
+    if is_gguf(src):
+        from surgery.edit.gguf_edit import open_gguf
+        from surgery.reports.gguf_reports import inspect_gguf
+
+        return inspect_gguf(open_gguf(src), vocab_tensors, not_vocab_tensors)
+    checkpoint = Checkpoint.open(src)
+    vocab = find_vocab_tensors(checkpoint, vocab_tensors, not_vocab_tensors)
+    try:
+        tokenizer = TokenizerFiles.load(src)
+    except CheckpointError as e:
+        if tokenizer_required:
+            raise
+        tokenizer = e
+    return inspect_checkpoint(checkpoint, vocab, tokenizer)
 
 
 def inspect_checkpoint(ckpt: Checkpoint, vocab: VocabTensors, tokenizer: TokenizerFiles | CheckpointError) -> dict:

@@ -349,7 +349,8 @@ def _resume(staging: Path, model, optimizer, scheduler, record: dict, torch) -> 
 def _write_output(student: Path, out: Path, model, record: dict) -> None:
     """The student's folder with its tensors replaced by the trained ones, in the student's names, dtypes and
     shards (config.json and every other file copied unchanged), plus the record; staged and checked."""
-    from surgery.edit.compute import Compute, check_written, folder_output, write_outputs
+    from surgery.edit.compute import check_written, folder_output, write_outputs
+    from surgery.edit.ops import Compute
     from surgery.edit.staging import write_folders
     from surgery.formats.hf_folder import Checkpoint, dump_json
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from surgery.dtypes import FLOAT_DTYPES, decode
-from surgery.edit.compute import Compute, Copy, Output, check_written, folder_output, nbytes
+from surgery.edit.compute import Output, check_written, folder_output
+from surgery.edit.ops import Compute, Copy, nbytes
 from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.formats.hf_folder import CONFIG, NATIVE_CONFIG, Checkpoint, dump_json
 from surgery.formats.safetensors import TensorEntry, expected_nbytes, read_rows
@@ -139,6 +140,17 @@ class FactorPlan:
 
 
 # ---- planning -----------------------------------------------------------------------------------------------
+
+def refuse_gguf(src: Path) -> None:
+    """factor writes Hugging Face folders only: a GGUF source is refused with the way round."""
+    from surgery.formats.paths import is_gguf
+
+    if is_gguf(src):
+        raise InputError(f"{src.name}: a GGUF file; llama.cpp cannot run factored layers, so factor writes "
+                         "Hugging Face folders only",
+                         hint="factor the Hugging Face folder; after training, `surgery unfactor` it and convert "
+                              "that to GGUF")
+
 
 def plan_factor(ckpt: Checkpoint, rules: list[RankRule], outs: list[Path], *, targets: tuple[str, ...] = (),
                 scaling: dict | None = None, scaling_name: str | None = None, engine: Engine | None = None,

@@ -54,6 +54,14 @@ from surgery.tokenizer import TokenizerFiles
 from surgery.tokenizer.gguf_vocab import GgufVocab, pad_token_names
 from surgery.verbs.keep_list import KeepList, build_old_to_new
 
+def check_trim_options(src: Path, link_unchanged: bool) -> None:
+    """Options that only a folder takes, refused for a GGUF file before any work."""
+    from surgery.formats.paths import is_gguf
+
+    if link_unchanged and is_gguf(src):
+        raise InputError("--link-unchanged: a GGUF file is written anew as a whole; there is no unchanged shard")
+
+
 @dataclass(frozen=True)
 class TrimSource:
     """A checkpoint read once for trims: its Source, and for a folder its vocabulary tensors and tokenizer files.
@@ -65,6 +73,7 @@ class TrimSource:
     not_vocab_tensors: tuple[str, ...] = ()
     vocab: object = None  # folders: model.vocab_tensors.VocabTensors
     tokenizer: object = None  # folders: tokenizer.TokenizerFiles
+    unusable: CheckpointError | None = None  # why this folder cannot be trimmed (raised by n_ids and plan)
 
     @classmethod
     def open(cls, path: Path, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: tuple[str, ...] = ()
@@ -75,8 +84,12 @@ class TrimSource:
         source = open_source(path)
         if source.container == GGUF:
             return cls(source, tuple(vocab_tensors), tuple(not_vocab_tensors))
-        return cls(source, tuple(vocab_tensors), tuple(not_vocab_tensors),
-                   find_vocab_tensors(source.checkpoint, vocab_tensors, not_vocab_tensors), TokenizerFiles.load(path))
+        try:  # what a trim needs; a source opened for cuts only may lack it, and then only a trim refuses it
+            vocab = find_vocab_tensors(source.checkpoint, vocab_tensors, not_vocab_tensors)
+            tokenizer = TokenizerFiles.load(path)
+        except CheckpointError as e:
+            return cls(source, tuple(vocab_tensors), tuple(not_vocab_tensors), unusable=e)
+        return cls(source, tuple(vocab_tensors), tuple(not_vocab_tensors), vocab, tokenizer)
 
     @property
     def path(self) -> Path:
@@ -84,12 +97,16 @@ class TrimSource:
 
     def n_ids(self) -> int:
         """The ids a keep list may name: the tokenizer's (or the embedding's rows, when more)."""
+        if self.unusable is not None:
+            raise self.unusable
         if self.source.container == GGUF:
             return len(self.source.parts[0].get(Tokenizer.TOKENS) or [])
         return max(self.vocab.n_rows, self.tokenizer.size())
 
     def plan(self, keep: KeepList, *, pad_to_multiple_of: int | None = None, drop_reserved: bool = False
              ) -> TrimPlan | GgufTrimPlan:
+        if self.unusable is not None:
+            raise self.unusable
         if self.source.container == GGUF:
             return plan_gguf_trim(list(self.source.parts), keep, pad_to_multiple_of=pad_to_multiple_of,
                                   drop_reserved=drop_reserved, vocab_tensors=self.vocab_tensors,

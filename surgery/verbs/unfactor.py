@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.edit.compute import Compute, Copy, Output, check_written, folder_output, nbytes
-from surgery.errors import CheckpointError, VerifyError
+from surgery.edit.compute import Output, check_written, folder_output
+from surgery.edit.ops import Compute, Copy, nbytes
+from surgery.errors import CheckpointError, InputError, VerifyError
 from surgery.formats.hf_folder import CONFIG, Checkpoint, dump_json
 from surgery.lowrank.linalg import Engine
 from surgery.model.factor_targets import factor_names, weight_name
@@ -44,6 +45,14 @@ class UnfactorPlan:
         return "\n".join([f"source: {self.src} ({len(self.targets)} factored modules)",
                           f"writes: a plain {self.architecture}; target parameters {t['params_before']:,} -> "
                           f"{t['params_after']:,}"])
+
+
+def refuse_gguf(src: Path) -> None:
+    """unfactor reads the folders that factor writes; a GGUF file never holds factors."""
+    from surgery.formats.paths import is_gguf
+
+    if is_gguf(src):
+        raise InputError(f"{src.name}: a GGUF file; unfactor reads the folders that surgery factor writes")
 
 
 def plan_unfactor(ckpt: Checkpoint, engine: Engine | None = None) -> UnfactorPlan:

@@ -10,7 +10,8 @@ import pytest
 from conftest import leftovers
 from safetensors.numpy import load_file, save_file
 
-from surgery.edit.compute import Compute, Copy, Output, OutputShard, write_outputs
+from surgery.edit.compute import Output, OutputShard, write_outputs
+from surgery.edit.ops import Compute, Copy
 from surgery.edit.staging import write_folders
 from surgery.errors import VerifyError
 from surgery.formats.hf_folder import Checkpoint

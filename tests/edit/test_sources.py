@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from test_checks import H, HEAD_DIM, I, LAYERS, N_HEADS, importance_file, tiny_folder, tiny_gguf
+from conftest import H, HEAD_DIM, I, LAYERS, N_HEADS, importance_file, tiny_folder, tiny_gguf
 
 from surgery.edit.sources import open_source
 from surgery.verbs.drop_layers import plan_drop_layers
