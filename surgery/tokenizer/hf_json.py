@@ -157,13 +157,19 @@ class HfTokenizerJson:
         vocab: dict[str, int] = self.model["vocab"]
         prefix = self.model.get("continuing_subword_prefix") or ""
         suffix = self.model.get("end_of_word_suffix") or ""
-        pairs = self.merge_pairs()
-        if not prefix and not any(" " in token for token in vocab):
+        merges = self.model.get("merges") or []
+        if not prefix and " " not in "".join(vocab):
             # the result is a + b and no symbol holds a space: "a b" keys are unambiguous (a repeated merge
-            # takes its last rank, as tokenizers' merge map does)
-            pair_rank = MergeTable({f"{a} {b}": rank for rank, (a, b) in enumerate(pairs)}, " ")
+            # takes its last rank, as tokenizers' merge map does); "a b" strings are their own keys
+            if all(type(m) is str for m in merges):
+                keys = merges
+            elif all(type(m) is list for m in merges):
+                keys = map(" ".join, merges)
+            else:
+                keys = [m if isinstance(m, str) else " ".join(m) for m in merges]
+            pair_rank = MergeTable(dict(zip(keys, range(len(merges)))), " ")
         else:
-            ranks = {pair: rank for rank, pair in enumerate(pairs)}
+            ranks = {pair: rank for rank, pair in enumerate(self.merge_pairs())}
 
             def pair_rank(a: str, b: str):
                 rank = ranks.get((a, b))
@@ -180,7 +186,7 @@ class HfTokenizerJson:
                 symbols[-1] += suffix
             return symbols
 
-        id_to_token = {old_id: token for token, old_id in vocab.items()}
+        id_to_token = dict(zip(vocab.values(), vocab.keys()))
 
         def closure(kept: set[int]) -> set[int]:
             tokens = [id_to_token[old_id] for old_id in kept if old_id in id_to_token]
@@ -225,11 +231,12 @@ class HfTokenizerJson:
             if model.get("unk_id") is not None:
                 model["unk_id"] = new_id(model["unk_id"])
         else:
-            kept_vocab = sorted(
-                ((token, new_id(old_id)) for token, old_id in model["vocab"].items() if new_id(old_id) >= 0),
-                key=lambda item: item[1],
-            )
-            model["vocab"] = dict(kept_vocab)
+            tokens = list(model["vocab"])
+            old_ids = np.fromiter(model["vocab"].values(), np.int64, len(tokens))
+            inside = (old_ids >= 0) & (old_ids < len(old_to_new))
+            new_ids = np.where(inside, np.asarray(old_to_new)[np.where(inside, old_ids, 0)], -1)
+            order = [int(i) for i in np.flatnonzero(new_ids >= 0)[np.argsort(new_ids[new_ids >= 0], kind="stable")]]
+            model["vocab"] = dict(zip([tokens[i] for i in order], new_ids[order].tolist()))
         if self.kind == "BPE":
             model["merges"], dropped_merges = _filter_merges(model.get("merges") or [], model["vocab"],
                                                              model.get("continuing_subword_prefix") or "")
@@ -267,11 +274,10 @@ def _has_type(component: object, wanted: str) -> bool:
 
 def filter_merge_pairs(pairs: list[tuple[str, str]], vocab, prefix: str) -> list[int]:
     """Indexes of merges whose two inputs and result are all in `vocab`, in their original order."""
-    kept = []
-    for index, (a, b) in enumerate(pairs):
-        if a in vocab and b in vocab and merge_result(a, b, prefix) in vocab:
-            kept.append(index)
-    return kept
+    if not prefix:  # the result is a + b
+        return [index for index, (a, b) in enumerate(pairs) if a in vocab and b in vocab and a + b in vocab]
+    return [index for index, (a, b) in enumerate(pairs)
+            if a in vocab and b in vocab and merge_result(a, b, prefix) in vocab]
 
 
 def _filter_merges(merges: list, vocab: dict, prefix: str) -> tuple[list, int]:
