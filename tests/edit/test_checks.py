@@ -133,3 +133,17 @@ def test_the_same_cuts_pass_their_checks_and_verify(verb, container, tmp_path):
     run_cli([*args, "-o", out, "-q"])
     result = run_cli(["verify", src, out])
     assert "ok   tensors:" in result.stderr
+
+
+def test_a_wrong_row_of_a_gguf_trim_is_caught_without_llama_cpp(tmp_path, monkeypatch):
+    """The GGUF trim through the same checker, on a file our writer makes: rows gathered in the wrong order."""
+    from conftest import small_gguf
+
+    real_gather = execute.gather_rows
+    monkeypatch.setattr(execute, "gather_rows", lambda fd_in, fd_out, entry, action, rows: real_gather(
+        fd_in, fd_out, entry, action, rows[::-1].copy()))
+    src, out = small_gguf(tmp_path / "m.gguf"), tmp_path / "o.gguf"
+    (tmp_path / "ids.txt").write_text("\n".join(map(str, [*range(0, 200, 3), 256, 257])))
+    result = run_cli(["trim", src, "--keep", tmp_path / "ids.txt", "-o", out], 3)
+    assert result.stderr.splitlines()[-1].startswith("Error: output: 'token_embd.weight' differs from its source")
+    assert not out.exists() and not leftovers(tmp_path)
