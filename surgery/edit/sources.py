@@ -6,9 +6,11 @@
   intermediate_size, num_attention_heads, num_key_value_heads, head_dim, num_experts ...), from config.json or
   from the GGUF metadata.
 - `n_layers()`: the decoder layers (multi-token-prediction layers stored after them not counted).
-- metadata patches for a verb: `layer_metadata(kept)` and `size_metadata(sizes)`.
-- `build(ops, ...)`: the container's edit (shards and files, or parts and key-values) from tensor ops:
-  `TensorOp(place, tensor, new_name, rows, cols)`, a dropped tensor having no op.
+- metadata patches for a verb: `layer_metadata(kept)` and `size_metadata(sizes, dims, heads_cut)` (a Metadata).
+- `stored_record(file, key)`: a record a verb stored in this output (a file beside a folder's tensors, a key in
+  a GGUF file's metadata), for `surgery verify`.
+- `finish(ops, metadata, record_name)`: the fields of the container's edit (shards and files, or parts and
+  key-values) from tensor ops `TensorOp(place, tensor, new_name, rows, cols)`, a dropped tensor having no op.
 
 The verbs (drop_layers, prune) decide in these terms only; the differences between containers live here, in
 formats/ and in model/.
