@@ -156,3 +156,30 @@ def test_an_opened_source_plans_many_cuts_and_reads_no_header_again(kind, tmp_pa
             assert {p.name: p.read_bytes() for p in a.iterdir()} == {p.name: p.read_bytes() for p in b.iterdir()}
         else:
             assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["folder", "gguf"])
+def test_an_opened_source_replays_each_token_once(kind, copy_fixture, tmp_path, monkeypatch):
+    """Trims of one opened source share its closure tables and replays: the same keep list again replays no
+    token, and its output is byte-identical."""
+    from conftest import small_gguf
+
+    import surgery.tokenizer.bpe as bpe
+
+    src = copy_fixture("qwen-tied-sharded") if kind == "folder" else small_gguf(tmp_path / "m.gguf")
+    keep = range(3, 120, 2) if kind == "folder" else [*range(100, 258)]
+    opened = surgery.open_source(src)
+    suffix = "" if kind == "folder" else ".gguf"
+    surgery.trim(opened, keep, tmp_path / f"a{suffix}")
+    replays = []
+    real = bpe.merge_path
+    monkeypatch.setattr(bpe, "merge_path", lambda symbols, rank: replays.append(symbols) or real(symbols, rank))
+    surgery.trim(opened, keep, tmp_path / f"b{suffix}")
+    assert not replays
+    a, b = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
+    if kind == "folder":
+        assert {p.name: p.read_bytes() for p in a.iterdir()} == {p.name: p.read_bytes() for p in b.iterdir()}
+    else:
+        assert a.read_bytes() == b.read_bytes()
+    surgery.trim(src, keep, tmp_path / f"c{suffix}")  # from the path: replays again
+    assert replays

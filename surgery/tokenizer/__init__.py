@@ -238,7 +238,13 @@ class TokenizerFiles:
         return rules.rules
 
     def closure_builder(self):
-        """ids -> the ids the tokenizer's merges or Unigram pieces need for them; a union over members."""
+        """ids -> the ids the tokenizer's merges or Unigram pieces need for them; a union over members. Built once
+        per tokenizer: its tables and the replays of earlier calls are kept (many trims of one opened source)."""
+        if "closure" not in self.memo:
+            self.memo["closure"] = self._closure_builder()
+        return self.memo["closure"]
+
+    def _closure_builder(self):
         hf_closure = self.hf.closure_builder() if self.hf is not None else (lambda kept: set())
         if self.tekken is not None:  # tokenizer.json's merges and tekken's ranks: keep what either needs
             tekken_closure = self.tekken.closure_builder()

@@ -121,14 +121,17 @@ def _merge_path_table(symbols: list[str], ranks: dict[str, float], sep: str | No
 
 
 def merge_closure(
-    tokens: Iterable[str], initial_symbols: Callable[[str], list[str]], pair_rank: PairRank
+    tokens: Iterable[str], initial_symbols: Callable[[str], list[str]], pair_rank: PairRank,
+    memo: dict[str, list[str] | None] | None = None,
 ) -> set[str]:
     """Every symbol the merges pass through when building each token from its characters.
 
     A token that the merges cannot build from its own characters (whole-word-only with ignore_merges, or an
     added token) contributes nothing: it is skipped, not an error. Inside a longer word, the merges that
     build a final token act only inside its span, in the same order as on the token alone, so replaying the
-    token alone finds exactly the intermediates any text needs.
+    token alone finds exactly the intermediates any text needs. `memo` (token -> its symbols, or None when the
+    merges do not build it) carries replays from one call to the next: a script planning many trims of one
+    source replays each token once.
     """
     needed: set[str] = set()
     # longest first: a token already formed inside a longer token's replay has its own replay inside it (the
@@ -136,10 +139,16 @@ def merge_closure(
     for token in sorted(tokens, key=len, reverse=True):
         if token in needed:
             continue
-        start = initial_symbols(token)
-        if len(start) < 2:
-            continue
-        final, seen = merge_path(start, pair_rank)
-        if final == [token]:
+        if memo is not None and token in memo:
+            seen = memo[token]
+        else:
+            start = initial_symbols(token)
+            seen = None
+            if len(start) >= 2:
+                final, path = merge_path(start, pair_rank)
+                seen = path if final == [token] else None
+            if memo is not None:
+                memo[token] = seen
+        if seen:
             needed.update(seen)
     return needed

@@ -10,7 +10,7 @@ Face side, with the same names; `tokenizer.ggml.pre`, `chat_template` and `gener
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ class GgufVocab:
     id_keys: dict[str, object]  # every `*_token_id` (and decoder_start_token_id) key with its value
     template: str
     lookup: dict[str, int]  # token -> its first id
+    memo: dict = field(default_factory=dict, repr=False, compare=False)  # tables built once (the closure)
 
     @classmethod
     def of(cls, gguf: GgufFile) -> GgufVocab:
@@ -115,6 +116,9 @@ class GgufVocab:
         return rules.rules
 
     def closure_builder(self) -> Callable[[set[int]], set[int]]:
+        """ids -> the ids their merges pass through; built once per vocabulary (its tables and replays kept)."""
+        if "closure" in self.memo:
+            return self.memo["closure"]
         lookup, tokens, types = self.token_to_id(), self.tokens, self.types.tolist()
         if self.model == "gpt2":
             merges = self.merges or ()  # "a b", as llama.cpp reads them
@@ -127,10 +131,13 @@ class GgufVocab:
                     del ranks[tokens[old_id]]
             pair_rank = MergeTable(ranks, None)
 
+        memo: dict = {}  # replays kept from one call to the next (many trims, keep --size)
+
         def closure(kept: set[int]) -> set[int]:
             words = [tokens[i] for i in kept if 0 <= i < len(tokens) and types[i] == NORMAL]
-            return {lookup[s] for s in merge_closure(words, list, pair_rank) if s in lookup}
+            return {lookup[s] for s in merge_closure(words, list, pair_rank, memo) if s in lookup}
 
+        self.memo["closure"] = closure
         return closure
 
     # ---- rewrite ------------------------------------------------------------------------------------------

@@ -188,9 +188,11 @@ class HfTokenizerJson:
 
         id_to_token = dict(zip(vocab.values(), vocab.keys()))
 
+        memo: dict = {}  # replays kept from one call to the next (many trims, keep --size)
+
         def closure(kept: set[int]) -> set[int]:
             tokens = [id_to_token[old_id] for old_id in kept if old_id in id_to_token]
-            return {vocab[s] for s in merge_closure(tokens, initial_symbols, pair_rank) if s in vocab}
+            return {vocab[s] for s in merge_closure(tokens, initial_symbols, pair_rank, memo) if s in vocab}
 
         return closure
 

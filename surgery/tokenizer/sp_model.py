@@ -73,9 +73,11 @@ class SpModel:
         if self.proto.trainer_spec.model_type == BPE:
             pair_rank = MergeTable({text: -pieces[index].score for text, index in index_of.items()}, None)
 
+            memo: dict = {}  # replays kept from one call to the next
+
             def closure(kept: set[int]) -> set[int]:
                 tokens = [pieces[index].piece for index in kept if pieces[index].type == NORMAL]
-                return {index_of[s] for s in merge_closure(tokens, list, pair_rank) if s in index_of}
+                return {index_of[s] for s in merge_closure(tokens, list, pair_rank, memo) if s in index_of}
 
             return closure
         normal = [index for index, p in enumerate(pieces) if p.type == NORMAL]

@@ -72,7 +72,7 @@ class TrimSource:
     vocab_tensors: tuple[str, ...] = ()
     not_vocab_tensors: tuple[str, ...] = ()
     vocab: object = None  # folders: model.vocab_tensors.VocabTensors
-    tokenizer: object = None  # folders: tokenizer.TokenizerFiles
+    tokenizer: object = None  # tokenizer.TokenizerFiles (folders) or tokenizer.gguf_vocab.GgufVocab
     unusable: CheckpointError | None = None  # why this folder cannot be trimmed (raised by n_ids and plan)
 
     @classmethod
@@ -83,7 +83,11 @@ class TrimSource:
 
         source = open_source(path)
         if source.container == GGUF:
-            return cls(source, tuple(vocab_tensors), tuple(not_vocab_tensors))
+            try:
+                vocab = GgufVocab.of(source.parts[0])
+            except CheckpointError as e:
+                return cls(source, tuple(vocab_tensors), tuple(not_vocab_tensors), unusable=e)
+            return cls(source, tuple(vocab_tensors), tuple(not_vocab_tensors), tokenizer=vocab)
         try:  # what a trim needs; a source opened for cuts only may lack it, and then only a trim refuses it
             vocab = find_vocab_tensors(source.checkpoint, vocab_tensors, not_vocab_tensors)
             tokenizer = TokenizerFiles.load(path)
@@ -110,7 +114,7 @@ class TrimSource:
         if self.source.container == GGUF:
             return plan_gguf_trim(list(self.source.parts), keep, pad_to_multiple_of=pad_to_multiple_of,
                                   drop_reserved=drop_reserved, vocab_tensors=self.vocab_tensors,
-                                  not_vocab_tensors=self.not_vocab_tensors)
+                                  not_vocab_tensors=self.not_vocab_tensors, vocab=self.tokenizer)
         return plan_trim(self.source.checkpoint, self.vocab, self.tokenizer, keep,
                          pad_to_multiple_of=pad_to_multiple_of, drop_reserved=drop_reserved)
 
@@ -532,9 +536,10 @@ class GgufTrimPlan(GgufEdit):
 
 def plan_gguf_trim(parts: list[GgufFile], keep: KeepList, *, pad_to_multiple_of: int | None = None,
                    drop_reserved: bool = False, vocab_tensors: tuple[str, ...] = (),
-                   not_vocab_tensors: tuple[str, ...] = ()) -> GgufTrimPlan:
-    """Decide the kept set and every action from the metadata alone."""
-    vocab = GgufVocab.of(parts[0])
+                   not_vocab_tensors: tuple[str, ...] = (), vocab: GgufVocab | None = None) -> GgufTrimPlan:
+    """Decide the kept set and every action from the metadata alone (`vocab`: the first part's, when already
+    read, with its closure tables)."""
+    vocab = vocab or GgufVocab.of(parts[0])
     n_rows = vocab.size()
     roles = find_gguf_vocab_tensors(parts, n_rows, vocab_tensors, not_vocab_tensors)
     notes = []

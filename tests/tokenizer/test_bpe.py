@@ -70,3 +70,20 @@ def test_a_merge_table_replays_as_its_pair_rank():
         for _ in range(2000):
             word = list("".join(rng.choice("abcd") for _ in range(rng.randint(1, 80))))
             assert merge_path(word, table) == reference_merge_path(word, rank)
+
+
+def test_a_memo_carries_replays_from_one_closure_to_the_next(monkeypatch):
+    """Many trims of one source: the second closure replays nothing and equals a closure without a memo."""
+    import surgery.tokenizer.bpe as bpe
+
+    merges = {"a b": 0, "ab c": 1, "c d": 2, "ab cd": 3, "x y": 4}
+    table = MergeTable(merges, " ")
+    tokens = ["ab", "abc", "cd", "abcd", "xy", "yx"]
+    memo: dict = {}
+    first = bpe.merge_closure(tokens, list, table, memo)
+    replays = []
+    real = bpe.merge_path
+    monkeypatch.setattr(bpe, "merge_path", lambda symbols, rank: replays.append(symbols) or real(symbols, rank))
+    assert bpe.merge_closure(tokens, list, table, memo) == first and not replays
+    assert bpe.merge_closure(tokens, list, table) == first and replays  # the same without the memo
+    assert memo["yx"] is None  # the merges cannot build it: it contributes nothing, remembered as such
