@@ -50,6 +50,10 @@ def slice_problem(planned: list[Planned], written: dict, *, sample: bool) -> str
         layout = (got.dtype, tuple(got.shape))
         if layout != p.layout:
             return f"'{p.name}' is {layout}, the plan makes {p.layout}"
+        for axis, kept in ((0, p.rows), (1, p.cols)):
+            if kept is not None and len(kept) and not (0 <= int(np.min(kept)) and int(np.max(kept)) < p.source.shape[axis]):
+                return (f"'{p.name}': the plan keeps {'rows' if axis == 0 else 'columns'} outside its source "
+                        f"'{p.source.name}' ({p.source.shape[axis]} on that axis)")
         n_rows = got.shape[0] if got.shape else 0
         if sample and p.rows is None and p.cols is None:  # a copy: its first and last 4 KiB, as ever
             if edge_bytes(p.source) != edge_bytes(got):

@@ -105,7 +105,11 @@ class FolderSource:
         if CONFIG in self.checkpoint.configs:
             path, view = text_view(self.checkpoint.configs[CONFIG])
             return size(view, "num_hidden_layers", CONFIG, "".join(f"{key}." for key in path))
-        return int(self.checkpoint.configs[NATIVE_CONFIG]["n_layers"])
+        n_layers = self.checkpoint.configs[NATIVE_CONFIG].get("n_layers")
+        if type(n_layers) is not int or n_layers < 1:
+            raise CheckpointError(f"{self.name}: {NATIVE_CONFIG} has no layer count (n_layers is {n_layers!r}, "
+                                  "not a positive integer)")
+        return n_layers
 
     def dims(self) -> dict:
         """The text config with every size a cut reads, from the config or its family's defaults (refused when

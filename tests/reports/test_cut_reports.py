@@ -153,3 +153,17 @@ def test_a_gguf_cut_is_proved_and_one_changed_row_or_key_is_named(cut, tmp_path)
     out.write_bytes(good[:position] + bytes([good[position] + 1]) + good[position + 1:])
     result = surgery.verify(src, out)
     assert "metadata" in result.failed and key.decode() in result.findings[1].detail
+
+
+def test_a_record_that_keeps_units_the_source_lacks_is_a_finding(tmp_path):
+    """A tampered prune record (a neuron past the MLP's width) is reported, never a traceback."""
+    from conftest import importance_file, tiny_folder
+
+    src, out = tiny_folder(tmp_path / "src"), tmp_path / "out"
+    run_cli(["prune", src, "--importance", importance_file(tmp_path / "imp.json"), "--intermediate-size", "6",
+             "-o", out, "-q"])
+    record = json.loads((out / "surgery_prune.json").read_text())
+    record["kept_mlp"][0][-1] = 999
+    (out / "surgery_prune.json").write_text(json.dumps(record))
+    result = run_cli(["verify", src, out], 3)
+    assert "FAIL tensors: 'model.layers.0.mlp." in result.stderr and "outside its source" in result.stderr

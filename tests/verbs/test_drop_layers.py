@@ -211,3 +211,17 @@ def test_verify_proves_a_drop_layers_output(tmp_path):
     run_cli(["drop-layers", tmp_path / "src", "--drop", "1", "-o", tmp_path / "out", "-q"])
     result = run_cli(["verify", tmp_path / "src", tmp_path / "out", "--json"])
     assert [c["ok"] for c in json.loads(result.stdout)["checks"]] == [True, True]
+
+
+@pytest.mark.parametrize("params", [{}, {"n_layers": "x"}, {"n_layers": 0}, {"n_layers": 2.0}])
+def test_a_native_layout_without_an_integer_layer_count_is_refused(params, tmp_path):
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({f"layers.{i}.attention.wq.weight": np.zeros((2, 2), np.float32) for i in range(2)},
+              src / "consolidated.safetensors")
+    (src / "params.json").write_text(json.dumps({"dim": 2, "vocab_size": 2, **params}))
+    result = run_cli(["drop-layers", src, "--drop", "0", "-o", tmp_path / "out"], 1)
+    assert result.stderr.startswith(f"Error: src: params.json has no layer count (n_layers is {params.get('n_layers')!r}")
+    assert not (tmp_path / "out").exists()
