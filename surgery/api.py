@@ -445,8 +445,11 @@ def inspect(src, keep=None, *, vocab_tensors: tuple[str, ...] = (), not_vocab_te
 def verify(src, out, corpora: Iterable = (), max_docs: int | None = None, *, vocab_tensors: tuple[str, ...] = (),
            not_vocab_tensors: tuple[str, ...] = ()) -> VerifyResult:
     """Prove OUT against its source, byte for byte (folder or GGUF); `.ok` says whether every check passed."""
-    src, out = _source(src), _source(out)
+    from surgery.formats.paths import check_same_container
     from surgery.reports.cut_reports import cut_kind, verify_cut
+
+    src, out = _source(src), _source(out)
+    check_same_container(src, out)
 
     kind = cut_kind(out)
     if kind is not None:  # a drop-layers or prune output

@@ -18,6 +18,14 @@ def is_gguf(path: Path) -> bool:
     return Path(path).suffix == ".gguf" and not Path(path).is_dir()
 
 
+def check_same_container(src: Path, out: Path) -> None:
+    """`surgery verify` compares like with like: a folder with a folder, a GGUF file with a GGUF file."""
+    if is_gguf(src) != is_gguf(out):
+        kinds = ("a GGUF file" if is_gguf(src) else "a folder", "a GGUF file" if is_gguf(out) else "a folder")
+        raise InputError(f"{out}: {kinds[1]}, but its source {src.name} is {kinds[0]}; verify compares an output "
+                         "with the source it was cut from, in the same container")
+
+
 def default_output(src: Path, tag: str) -> Path:
     """Beside the source: `ckpt/` -> `ckpt-TAG/`, `m.gguf` -> `m-TAG.gguf`, a split `m-00001-of-00003.gguf` ->
     `m-TAG-00001-of-00003.gguf`. The one naming rule of every verb."""

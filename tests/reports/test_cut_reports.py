@@ -167,3 +167,16 @@ def test_a_record_that_keeps_units_the_source_lacks_is_a_finding(tmp_path):
     (out / "surgery_prune.json").write_text(json.dumps(record))
     result = run_cli(["verify", src, out], 3)
     assert "FAIL tensors: 'model.layers.0.mlp." in result.stderr and "outside its source" in result.stderr
+
+
+def test_verify_compares_like_with_like(tmp_path):
+    """A GGUF output against a folder source (or the reverse) is refused in one line before anything is read."""
+    from conftest import tiny_folder, tiny_gguf
+
+    folder, gguf = tiny_folder(tmp_path / "src"), tiny_gguf(tmp_path / "src.gguf")
+    run_cli(["drop-layers", folder, "--drop", "1", "-o", tmp_path / "f", "-q"])
+    run_cli(["drop-layers", gguf, "--drop", "1", "-o", tmp_path / "g.gguf", "-q"])
+    result = run_cli(["verify", folder, tmp_path / "g.gguf"], 2)
+    assert result.stderr.startswith("Error: ") and "a GGUF file, but its source src is a folder" in result.stderr
+    result = run_cli(["verify", gguf, tmp_path / "f"], 2)
+    assert "a folder, but its source src.gguf is a GGUF file" in result.stderr
