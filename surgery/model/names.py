@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from surgery.errors import CheckpointError
+
 FOLDER, GGUF = "folder", "gguf"
 
 # ---- decoder layers -----------------------------------------------------------------------------------------
@@ -198,6 +200,11 @@ def units(space: str | None, cut, placed: Placed, shape: tuple[int, ...], dims: 
     `cut` is a verbs.prune.Cut; `dims` the model's sizes named as in a Hugging Face config (hidden_size,
     num_attention_heads, num_key_value_heads, head_dim, intermediate_size)."""
     layer = placed.layer.index if placed.layer is not None else None
+    per_layer = {MLP: cut.mlp, MLP_FUSED: cut.mlp, Q_HEADS: cut.heads, Q_HEADS_FULL: cut.heads, QKV: cut.heads,
+                 EXPERTS: cut.experts, EXPERT_MLP: cut.expert_mlp, SHARED_MLP: cut.shared_mlp}.get(space)
+    if per_layer is not None and layer is not None and layer >= len(per_layer):
+        raise CheckpointError(f"'{placed.layer.at(layer)}' is in layer {layer}, past the {len(per_layer)} layers the "
+                              "cut decides (a multi-token-prediction layer?): prune has no scores for it")
     head_dim = dims["head_dim"]
     if space == HIDDEN:
         return cut.hidden

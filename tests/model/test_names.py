@@ -126,3 +126,15 @@ def test_units_resolve_a_cut_per_layer_and_per_expert():
 def test_gguf_keys_are_templates_of_the_architecture():
     assert arch_key(LLM.BLOCK_COUNT, "qwen3") == "qwen3.block_count"
     assert arch_key(Attention.HEAD_COUNT_KV, "llama") == "llama.attention.head_count_kv"
+
+
+def test_a_layer_past_the_decided_ones_is_refused_not_indexed():
+    """A multi-token-prediction layer stored after the decoder layers has no scores: one clear error."""
+    from surgery.errors import CheckpointError
+
+    dims = {"hidden_size": 8, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 2,
+            "intermediate_size": 6}
+    cut = Cut(mlp=[np.array([0, 5])] * 2)
+    placed = place("model.layers.2.mlp.down_proj.weight", FOLDER)
+    with pytest.raises(CheckpointError, match="in layer 2, past the 2 layers the cut decides"):
+        units(placed.line.cols, cut, placed, (8, 6), dims)
