@@ -11,8 +11,6 @@ from __future__ import annotations
 class General:
     ARCHITECTURE = "general.architecture"
     ALIGNMENT = "general.alignment"
-    NAME = "general.name"
-    FILE_TYPE = "general.file_type"
 
 
 class Split:  # a model split over several files (gguf-split): each part numbers itself
@@ -48,11 +46,9 @@ class Tokenizer:
     TOKEN_TYPE = "tokenizer.ggml.token_type"
     MERGES = "tokenizer.ggml.merges"
     SUPPRESS_TOKENS = "tokenizer.ggml.suppress_tokens"
-    BOS_ID = "tokenizer.ggml.bos_token_id"
-    EOS_ID = "tokenizer.ggml.eos_token_id"
-    UNK_ID = "tokenizer.ggml.unknown_token_id"
+    UNK_ID = "tokenizer.ggml.unknown_token_id"  # the padding rows' fallback source
     PAD_ID = "tokenizer.ggml.padding_token_id"
-    ID_PREFIX, ID_SUFFIX = "tokenizer.ggml.", "_token_id"  # every special-token id key is named so
+    ID_PREFIX, ID_SUFFIX = "tokenizer.ggml.", "_token_id"  # every special-token id key (bos, eos ...) is named so
     DECODER_START_ID_SUFFIX = ".decoder_start_token_id"
     CHAT_TEMPLATE = "tokenizer.chat_template"  # and tokenizer.chat_template.<name> for named templates
     HF_JSON = "tokenizer.huggingface.json"

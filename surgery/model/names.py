@@ -56,7 +56,6 @@ def gguf_block(index: int) -> str:
 # ---- GGUF vocabulary tensors --------------------------------------------------------------------------------
 
 GGUF_TOKEN_EMBD = "token_embd.weight"
-GGUF_OUTPUT = "output.weight"
 # (pattern, role): every match has the vocabulary's length on its outermost axis (ne[-1])
 GGUF_VOCAB_PATTERNS = (
     (r"token_embd\.weight", "embed"),
