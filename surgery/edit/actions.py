@@ -125,11 +125,20 @@ class FolderEdit:
         check_folder_slices(self, out)
 
     def slices(self) -> list:
-        """Every written tensor as the checker sees it (edit/checks.Planned); taken or copied, not gathered."""
+        """Every written tensor as the checker sees it (edit/checks.Planned): taken or copied, or gathered along
+        its first axis (by the plan's rows_for). A gather along another axis (a trim's [1, vocab] bias) is checked
+        by the trim's own checks, not here."""
         from surgery.edit.checks import Planned
 
-        return [Planned(a.name, a.entry, a.rows, a.cols, (a.dtype, tuple(a.new_shape)), a.source is not None)
-                for a in self.tensor_actions()]
+        planned = []
+        for a in self.tensor_actions():
+            rows = a.rows
+            if a.action == "gather":
+                if a.axis != 0:
+                    continue
+                rows = self.rows_for(a)
+            planned.append(Planned(a.name, a.entry, rows, a.cols, (a.dtype, tuple(a.new_shape)), a.source is not None))
+        return planned
 
     def rows_for(self, action):  # only a trim gathers rows (by its row source); every other verb takes or copies
         raise AssertionError(f"{type(self).__name__} gathers no rows")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 from conftest import KEEP, importance_file, leftovers, run_cli, tiny_folder, tiny_gguf
 
@@ -147,3 +148,13 @@ def test_a_wrong_row_of_a_gguf_trim_is_caught_without_llama_cpp(tmp_path, monkey
     result = run_cli(["trim", src, "--keep", tmp_path / "ids.txt", "-o", out], 3)
     assert result.stderr.splitlines()[-1].startswith("Error: output: 'token_embd.weight' differs from its source")
     assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_a_folder_trim_plan_describes_its_gathers_to_the_checker(copy_fixture):
+    """A trim plan's slices: each vocabulary tensor gathered along its first axis by the plan's row source."""
+    from conftest import make_plan
+
+    plan = make_plan(copy_fixture("llama-untied"))
+    slices = {p.name: p for p in plan.slices()}
+    gathered = [a for a in plan.tensor_actions() if a.action == "gather"]
+    assert gathered and all(np.array_equal(slices[a.name].rows, plan.rows_for(a)) for a in gathered if a.axis == 0)
