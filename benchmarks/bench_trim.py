@@ -46,6 +46,9 @@ def bench(shape: str, workdir: Path, n_keep: int, transformers: bool, caches: st
         "cp -r": ["cp", "-r", str(src), str(workdir / "out-cp")],
         "surgery trim": surgery + ["-o", str(workdir / "out-surgery")],
         "surgery trim --link-unchanged": surgery + ["-o", str(workdir / "out-link"), "--link-unchanged"],
+        # the floor of any Python tool: the interpreter importing what a folder trim imports, nothing done
+        "python + imports": [sys.executable, "-c", "import surgery.cli, surgery.verbs.trim, surgery.edit.checks, "
+                             "tokenizers"],
     }
     envs = {}
     if baseline:
@@ -61,16 +64,19 @@ def bench(shape: str, workdir: Path, n_keep: int, transformers: bool, caches: st
         for name, command in runs.items():
             if name == "transformers trim" and round_index:
                 continue  # slow and memory-hungry: once is enough to compare
-            out = Path(command[command.index("-o") + 1]) if "-o" in command else Path(command[-1])
-            shutil.rmtree(out, ignore_errors=True)
+            out = (Path(command[command.index("-o") + 1]) if "-o" in command else
+                   Path(command[-1]) if name == "cp -r" else None)
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)
             prepare_caches(caches, src)
             print(f"{shape}: {name} (round {round_index + 1}) ...", file=sys.stderr)
             seconds, rss = timed(command, workdir, envs.get(name))
             run = results["runs"].setdefault(name, {"times": [], "peak_rss_bytes": 0})
             run["times"].append(round(seconds, 2))
             run["peak_rss_bytes"] = max(run["peak_rss_bytes"], rss)
-            run["output_nbytes"] = folder_nbytes(out)
-            shutil.rmtree(out, ignore_errors=True)
+            run["output_nbytes"] = folder_nbytes(out) if out is not None else 0
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)
     for run in results["runs"].values():
         run["seconds"] = median(run["times"])
     return results
