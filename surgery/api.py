@@ -101,7 +101,10 @@ def open_source(src, *, vocab_tensors: tuple[str, ...] = (), not_vocab_tensors: 
     `surgery.drop_layers(opened, ...)` and `surgery.prune(opened, ...)` for each cut."""
     from surgery.verbs.trim import TrimSource
 
-    return TrimSource.open(_source(src), tuple(vocab_tensors), tuple(not_vocab_tensors))
+    opened = TrimSource.open(_source(src), tuple(vocab_tensors), tuple(not_vocab_tensors))
+    if opened.tokenizer is not None:  # planned many times: each token's merge replay is kept for the next plan
+        opened.tokenizer.remember_replays()
+    return opened
 
 
 def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, vocab_tensors: tuple[str, ...] = (),

@@ -237,15 +237,25 @@ class TokenizerFiles:
             self.closure_builder()(rules.kept))
         return rules.rules
 
+    def remember_replays(self) -> None:
+        """Keep every token's replay from one closure to the next (a source planned many times); costs memory
+        (tens of MB for a 30,000-token closure), so a single plan does not."""
+        self.memo.setdefault("replays", {"hf": {}, "sp": {}})
+        self.memo.pop("closure", None)
+
     def closure_builder(self):
-        """ids -> the ids the tokenizer's merges or Unigram pieces need for them; a union over members. Built once
-        per tokenizer: its tables and the replays of earlier calls are kept (many trims of one opened source)."""
+        """ids -> the ids the tokenizer's merges or Unigram pieces need for them; a union over members. After
+        remember_replays, built once and kept with its replays; else built per call and let go (a single plan's
+        peak memory does not carry the tables into the rewrite)."""
+        if "replays" not in self.memo:
+            return self._closure_builder()
         if "closure" not in self.memo:
             self.memo["closure"] = self._closure_builder()
         return self.memo["closure"]
 
     def _closure_builder(self):
-        hf_closure = self.hf.closure_builder() if self.hf is not None else (lambda kept: set())
+        replays = self.memo.get("replays") or {}
+        hf_closure = self.hf.closure_builder(replays.get("hf")) if self.hf is not None else (lambda kept: set())
         if self.tekken is not None:  # tokenizer.json's merges and tekken's ranks: keep what either needs
             tekken_closure = self.tekken.closure_builder()
             return lambda kept: hf_closure(kept) | tekken_closure(kept)
@@ -253,7 +263,7 @@ class TokenizerFiles:
             return hf_closure
         piece_ids = self.piece_to_model_id()
         model_to_piece = {model_id: index for index, model_id in enumerate(piece_ids)}
-        sp_closure = self.sp.closure_builder()
+        sp_closure = self.sp.closure_builder(replays.get("sp"))
 
         def closure(kept: set[int]) -> set[int]:
             kept_pieces = {model_to_piece[m] for m in kept if m in model_to_piece}

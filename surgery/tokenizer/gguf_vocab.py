@@ -115,8 +115,15 @@ class GgufVocab:
         add("merge closure", self.closure_builder()(rules.kept))
         return rules.rules
 
+    def remember_replays(self) -> None:
+        """Keep every token's replay from one closure to the next (a source planned many times); costs memory
+        (tens of MB for a 30,000-token closure), so a single plan does not."""
+        self.memo.setdefault("replays", {})
+        self.memo.pop("closure", None)
+
     def closure_builder(self) -> Callable[[set[int]], set[int]]:
-        """ids -> the ids their merges pass through; built once per vocabulary (its tables and replays kept)."""
+        """ids -> the ids their merges pass through. After remember_replays, built once and kept with its replays;
+        else built per call and let go (a single plan's peak memory does not carry the tables further)."""
         if "closure" in self.memo:
             return self.memo["closure"]
         lookup, tokens, types = self.token_to_id(), self.tokens, self.types.tolist()
@@ -131,13 +138,14 @@ class GgufVocab:
                     del ranks[tokens[old_id]]
             pair_rank = MergeTable(ranks, None)
 
-        memo: dict = {}  # replays kept from one call to the next (many trims, keep --size)
+        replays = self.memo.get("replays")  # kept from one call to the next once remember_replays() was called
 
         def closure(kept: set[int]) -> set[int]:
             words = [tokens[i] for i in kept if 0 <= i < len(tokens) and types[i] == NORMAL]
-            return {lookup[s] for s in merge_closure(words, list, pair_rank, memo) if s in lookup}
+            return {lookup[s] for s in merge_closure(words, list, pair_rank, replays) if s in lookup}
 
-        self.memo["closure"] = closure
+        if replays is not None:
+            self.memo["closure"] = closure
         return closure
 
     # ---- rewrite ------------------------------------------------------------------------------------------

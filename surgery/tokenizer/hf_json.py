@@ -142,18 +142,18 @@ class HfTokenizerJson:
         """BPE: merge intermediates of kept tokens. Unigram: single characters of kept pieces + lowest piece."""
         return self.closure_builder()(kept)
 
-    def closure_builder(self) -> Callable[[set[int]], set[int]]:
+    def closure_builder(self, replays: dict | None = None) -> Callable[[set[int]], set[int]]:
         """A function ids -> the ids they need, with the tables built once (keep --size calls it per token).
 
         The result for a set is the union of the results for its members.
         """
         if self.kind == "BPE":
-            return self._bpe_closure_builder()
+            return self._bpe_closure_builder(replays)
         if self.kind == "Unigram":
             return self._unigram_support_builder()
         return lambda kept: set()
 
-    def _bpe_closure_builder(self) -> Callable[[set[int]], set[int]]:
+    def _bpe_closure_builder(self, replays: dict | None) -> Callable[[set[int]], set[int]]:
         vocab: dict[str, int] = self.model["vocab"]
         prefix = self.model.get("continuing_subword_prefix") or ""
         suffix = self.model.get("end_of_word_suffix") or ""
@@ -188,11 +188,9 @@ class HfTokenizerJson:
 
         id_to_token = dict(zip(vocab.values(), vocab.keys()))
 
-        memo: dict = {}  # replays kept from one call to the next (many trims, keep --size)
-
         def closure(kept: set[int]) -> set[int]:
             tokens = [id_to_token[old_id] for old_id in kept if old_id in id_to_token]
-            return {vocab[s] for s in merge_closure(tokens, initial_symbols, pair_rank, memo) if s in vocab}
+            return {vocab[s] for s in merge_closure(tokens, initial_symbols, pair_rank, replays) if s in vocab}
 
         return closure
 

@@ -66,18 +66,16 @@ class SpModel:
         """BPE: intermediates by the score rule. Unigram: single characters of kept pieces + lowest NORMAL piece."""
         return self.closure_builder()(kept)
 
-    def closure_builder(self) -> Callable[[set[int]], set[int]]:
+    def closure_builder(self, replays: dict | None = None) -> Callable[[set[int]], set[int]]:
         """closure_pieces with its tables built once; the result for a set is the union over its members."""
         pieces = self.proto.pieces
         index_of = {p.piece: index for index, p in enumerate(pieces) if p.type in (NORMAL, USER_DEFINED)}
         if self.proto.trainer_spec.model_type == BPE:
             pair_rank = MergeTable({text: -pieces[index].score for text, index in index_of.items()}, None)
 
-            memo: dict = {}  # replays kept from one call to the next
-
             def closure(kept: set[int]) -> set[int]:
                 tokens = [pieces[index].piece for index in kept if pieces[index].type == NORMAL]
-                return {index_of[s] for s in merge_closure(tokens, list, pair_rank, memo) if s in index_of}
+                return {index_of[s] for s in merge_closure(tokens, list, pair_rank, replays) if s in index_of}
 
             return closure
         normal = [index for index, p in enumerate(pieces) if p.type == NORMAL]

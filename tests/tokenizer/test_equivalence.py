@@ -140,7 +140,7 @@ def test_transformers_autotokenizer_loads_and_agrees(kind, use_fast, tmp_path):
 # ---- the pitfalls of ../shared/TOKENIZERS.md: without each safeguard, these checks must fail ----------
 
 def test_without_merge_closure_kept_text_changes(tmp_path, monkeypatch):
-    monkeypatch.setattr(HfTokenizerJson, "closure_builder", lambda self: (lambda kept: set()))
+    monkeypatch.setattr(HfTokenizerJson, "closure_builder", lambda self, replays=None: (lambda kept: set()))
     src, out, old_ids = trim_tokenizer("bpe-bytelevel-gpt2", tmp_path)
     original = tokenizers.Tokenizer.from_file(str(src / "tokenizer.json"))
     trimmed = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
