@@ -143,7 +143,10 @@ class FolderEdit:
     def rows_for(self, action):  # only a trim gathers rows (by its row source); every other verb takes or copies
         raise AssertionError(f"{type(self).__name__} gathers no rows")
 
-    def patch_lines(self) -> list[str]:
+    def container_json(self) -> dict:  # a plan's summary: its config patches
+        return {"config_patches": self.patches_json()}
+
+    def container_lines(self) -> list[str]:
         return [f"config: {p.file} {p.key}: {p.old} -> {p.new}" for p in self.config_patches]
 
     def patches_json(self) -> list[dict]:

@@ -327,9 +327,7 @@ class GgufSource:
         actions = []
         for op in ops:
             tensor = op.tensor
-            shape = new_shape(op)
-            new_ne = tuple(reversed(shape)) if shape != tuple(tensor.shape) else tensor.ne
-            actions.append(GgufAction(op.place, tensor, new_ne, None,
+            actions.append(GgufAction(op.place, tensor, tuple(reversed(new_shape(op))), None,
                                       new_name=op.new_name if op.new_name != tensor.name else None,
                                       rows=op.rows, cols=op.cols))
         kvs = tuple(tuple(KeyValue(kv.key, kv.type, len(actions), kv.subtype) if kv.key == Split.TENSORS else kv

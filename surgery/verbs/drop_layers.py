@@ -128,10 +128,7 @@ class LayerPlan(LayerDecision, FolderEdit):
 
     def container_json(self) -> dict:
         return {"shards": [s.name for s in self.shards], "rewritten_files": sorted(self.files),
-                "config_patches": self.patches_json()}
-
-    def container_lines(self) -> list[str]:
-        return self.patch_lines()
+                **FolderEdit.container_json(self)}
 
 
 @dataclass(frozen=True, slots=True)

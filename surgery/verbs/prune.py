@@ -138,8 +138,6 @@ def decide_cut(text: dict, importance: dict, name: str, *, intermediate_size: in
     return Cut(mlp, expert_mlp, shared_mlp, heads, hidden, experts, sizes)
 
 
-
-
 def cut_from_record(record: dict, name: str) -> Cut:
     """The Cut a prune record (surgery_prune.json) describes, to replay it (`surgery verify`)."""
     try:
@@ -197,12 +195,6 @@ class PrunePlan(PruneDecision, FolderEdit):
 
     def cut_tensors(self) -> list[tuple[str, tuple, tuple]]:
         return [(a.name, a.old_shape, a.new_shape) for a in self.tensor_actions() if a.action == "take"]
-
-    def container_json(self) -> dict:
-        return {"config_patches": self.patches_json()}
-
-    def container_lines(self) -> list[str]:
-        return self.patch_lines()
 
 
 @dataclass(frozen=True, slots=True)
