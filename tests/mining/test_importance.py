@@ -60,13 +60,19 @@ def reference(root, texts):
             "input_rms": {name: (v / tokens).sqrt().tolist() for name, v in squares.items()}}
 
 
-def test_importance_equals_the_reference(tmp_path):
+def tiny_llama(root):
+    """A seeded 2-layer Llama with the SentencePiece fixture tokenizer, saved to root."""
     config = transformers.LlamaConfig(vocab_size=800, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8)
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "src")
+    transformers.LlamaForCausalLM(config).save_pretrained(root)
     for path in (TOKENIZERS / "sp-bpe-llama").iterdir():
-        shutil.copy(path, tmp_path / "src" / path.name)
+        shutil.copy(path, root / path.name)
+    return root
+
+
+def test_importance_equals_the_reference(tmp_path):
+    tiny_llama(tmp_path / "src")
     run_cli(["importance", tmp_path / "src", "--corpus", CORPUS / "train.txt", "--max-docs", "12",
              "--batch-size", "5", "-o", tmp_path / "imp.json", "-q"])
     scores = json.loads((tmp_path / "imp.json").read_text())
@@ -121,12 +127,7 @@ def test_two_processes_and_a_device_map_give_the_scores_of_one(tmp_path):
     from pathlib import Path
 
     pytest.importorskip("accelerate")
-    config = transformers.LlamaConfig(vocab_size=800, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "src")
-    for path in (TOKENIZERS / "sp-bpe-llama").iterdir():
-        shutil.copy(path, tmp_path / "src" / path.name)
+    tiny_llama(tmp_path / "src")
     args = ["importance", tmp_path / "src", "--corpus", CORPUS / "train.txt", "--max-docs", "20", "--batch-size", "3",
             "-q"]
     run_cli([*args, "-o", tmp_path / "one.json"])
