@@ -71,6 +71,8 @@ def first_different_row(src: TensorSource, got: TensorSource, rows: np.ndarray |
         return None if read_rows(src).tobytes() == read_rows(got).tobytes() else 0
     rows = np.arange(src.shape[0]) if rows is None else np.asarray(rows)
     if positions is not None:
+        if cols is None:  # whole rows: the row comparison every check uses
+            return first_bad_row(src, got, 0, rows, positions)
         return _first_different_sampled(src, got, rows, cols, positions)
     source, output = read_rows(src), read_rows(got)
     positions = np.arange(len(rows))
@@ -88,14 +90,14 @@ def first_different_row(src: TensorSource, got: TensorSource, rows: np.ndarray |
     return None
 
 
-def _first_different_sampled(src: TensorSource, got: TensorSource, rows: np.ndarray, cols: np.ndarray | None,
+def _first_different_sampled(src: TensorSource, got: TensorSource, rows: np.ndarray, cols: np.ndarray,
                              positions: np.ndarray) -> int | None:
+    """Sampled rows of a tensor cut in both axes: each source row read, its kept columns taken, compared."""
     src_row, got_row = src.row_nbytes(0), got.row_nbytes(0)
     with open(src.path, "rb") as fa, open(got.path, "rb") as fb:
         for position in positions.tolist():
             want = os.pread(fa.fileno(), src_row, src.begin + int(rows[position]) * src_row)
-            if cols is not None:
-                want = np.frombuffer(want, np.uint8).reshape(src.shape[1], -1)[cols].tobytes()
+            want = np.frombuffer(want, np.uint8).reshape(src.shape[1], -1)[cols].tobytes()
             if os.pread(fb.fileno(), got_row, got.begin + position * got_row) != want:
                 return position
     return None
