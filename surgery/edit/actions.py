@@ -118,6 +118,11 @@ class FolderEdit:
         """The output as `--json` names it: the folder."""
         return str(written[0])
 
+    def check_files(self, out: Path) -> list[str]:
+        """The in-run checks that read no shard (configs, tokenizer files): the executor runs them while the
+        shards are still being copied. A verb whose files need more than the configs' sizes overrides it."""
+        return []
+
     def check_written(self, out: Path) -> None:
         """The in-run check of the written folder, before it is moved into place: every tensor, sampled."""
         from surgery.edit.checks import check_folder_slices

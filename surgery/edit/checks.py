@@ -89,15 +89,15 @@ def check_gguf_slices(plan, targets: list[Path]) -> None:
         raise VerifyError(f"output: {problem}")
 
 
-def verify(plan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
-    """Raise VerifyError on the first disagreement; return the list of checks that passed.
+def verify_files(plan, out: Path, tokenizer: TokenizerFiles) -> list[str]:
+    """A trim's checks of the files beside the shards (configs and tokenizer): raise VerifyError on the first
+    disagreement; return the checks that passed. `tokenizer` is the source's, as the plan was made from it."""
+    return [_check_config(plan, out), *_check_tokenizer(plan, out, tokenizer), _check_config_ids(plan, out, tokenizer)]
 
-    `tokenizer` is the source checkpoint's tokenizer, as the plan was made from it.
-    """
-    checks = [_check_shards(plan, out), _check_config(plan, out)]
-    checks += _check_tokenizer(plan, out, tokenizer)
-    checks.append(_check_config_ids(plan, out, tokenizer))
-    return checks
+
+def verify_shards(plan, out: Path) -> list[str]:
+    """A trim's checks of the written shards (reopened, shapes, sampled rows and copies)."""
+    return [_check_shards(plan, out)]
 
 
 def _check_config_ids(plan, out: Path, tokenizer: TokenizerFiles) -> str:

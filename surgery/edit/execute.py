@@ -50,17 +50,24 @@ def writing(name: str):
 
 
 def apply_plan(plan, out: Path, *, link_unchanged: bool = False, progress: Progress | None = None) -> None:
-    """Write the trimmed checkpoint into `out` (which must not exist yet)."""
+    """Write the plan's folder into `out` (which must not exist yet).
+
+    The shards are written by worker threads while this thread writes the small files and runs the plan's
+    `check_files` on them: the copies are syscalls that release the GIL, so the checks cost no wall time.
+    """
     progress = progress or (lambda nbytes: None)
     out.mkdir()
     with ThreadPoolExecutor(max_workers=SHARD_WORKERS) as pool:
-        # shards are independent files; the copies are syscalls that release the GIL, so two streams keep
-        # the disk busier than one (cp -r copies one file at a time)
-        for done in [pool.submit(_write_one, plan, shard, out, link_unchanged, progress) for shard in plan.shards]:
-            done.result()
-    for name, write in _small_files(plan, out):
-        with writing(name):
-            write()
+        # shards are independent files; two streams keep the disk busier than one (cp -r copies one at a time)
+        writes = [pool.submit(_write_one, plan, shard, out, link_unchanged, progress) for shard in plan.shards]
+        try:
+            for name, write in _small_files(plan, out):
+                with writing(name):
+                    write()
+            plan.check_files(out)
+        finally:
+            for done in writes:  # a shard's error first: a full disk explains a failed check
+                done.result()
     sync_tree(out)
 
 

@@ -136,10 +136,15 @@ class TrimPlan(FolderEdit):
     vocab: VocabTensors
     tokenizer: object = field(default=None, compare=False, repr=False)  # the source's TokenizerFiles, for checks
 
-    def check_written(self, out: Path) -> list[str]:
-        from surgery.edit.checks import verify
+    def check_files(self, out: Path) -> list[str]:
+        from surgery.edit.checks import verify_files
 
-        return verify(self, out, self.tokenizer)
+        return verify_files(self, out, self.tokenizer)
+
+    def check_written(self, out: Path) -> list[str]:
+        from surgery.edit.checks import verify_shards
+
+        return verify_shards(self, out)
 
     def vocab_shapes(self) -> dict[str, list[int]]:
         return {a.name: list(a.new_shape) for a in self.tensor_actions() if a.action == "gather"}

@@ -51,3 +51,32 @@ def test_bf16_sharded_output_and_index(copy_fixture, tmp_path):
     assert set(index["weight_map"]) == {a.name for a in plan.tensor_actions()}
     record = json.loads((tmp_path / "out" / "surgery_trim.json").read_text())
     assert record["old_ids"] == plan.kept_ids.tolist()
+
+
+def test_the_files_are_checked_while_the_shards_are_written(copy_fixture, tmp_path, monkeypatch):
+    """A trim's tokenizer and config checks run in the main thread while worker threads copy the shards: a shard
+    write that waits for them finishes only because they ran beside it."""
+    import threading
+
+    from surgery.edit import execute
+    from surgery.verbs.trim import TrimPlan
+
+    checked = threading.Event()
+    real_write, real_check = execute._write_one, TrimPlan.check_files
+    waited = []
+
+    def write_after_the_check(*args):
+        waited.append(checked.wait(timeout=30))
+        real_write(*args)
+
+    def check_then_signal(self, out):
+        passed = real_check(self, out)
+        checked.set()
+        return passed
+
+    monkeypatch.setattr(execute, "_write_one", write_after_the_check)
+    monkeypatch.setattr(TrimPlan, "check_files", check_then_signal)
+    plan = make_plan(copy_fixture("qwen-tied-sharded"))
+    apply_plan(plan, tmp_path / "out")
+    assert waited and all(waited)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == sorted(s.name for s in plan.shards)
