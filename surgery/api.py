@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from surgery.edit.prefetch import prefetched, tensor_files
 from surgery.edit.staging import check_folder_output, check_output_path, write_plan
 from surgery.errors import InputError
 from surgery.formats.paths import check_source, default_output
@@ -127,10 +128,12 @@ def prepare_trim(src, keep, out=None, *, pad_to_multiple_of: int | None = None, 
     out = Path(out) if out is not None else default_output(src, "trimmed")
     if check_output:
         check_output_path(src, out, force)  # before any work: a refusal should not wait for the plan
-    if opened is None:
-        opened = TrimSource.open(src, tuple(vocab_tensors), tuple(not_vocab_tensors))
-    plan = opened.plan(_keep_list(keep, opened.n_ids()), pad_to_multiple_of=pad_to_multiple_of,
-                       drop_reserved=drop_reserved)
+    # a plan that will be written: the disk reads the source while the CPU plans (edit/prefetch)
+    with prefetched(tensor_files(src) if check_output else ()):
+        if opened is None:
+            opened = TrimSource.open(src, tuple(vocab_tensors), tuple(not_vocab_tensors))
+        plan = opened.plan(_keep_list(keep, opened.n_ids()), pad_to_multiple_of=pad_to_multiple_of,
+                           drop_reserved=drop_reserved)
 
     def run(progress: Progress):
         written = write_plan(plan, out, progress, link_unchanged=link_unchanged)
