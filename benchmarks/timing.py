@@ -64,10 +64,13 @@ def prepare_caches(mode: str, source: Path) -> None:
 
 
 def baseline_env(rev: str, workdir: Path) -> dict:
-    """A worktree of `rev` in workdir (made once) and the environment that runs `python -m surgery` from it."""
-    tree = workdir / f"baseline-{rev.replace('/', '_')}"
+    """A worktree of `rev` in workdir (made once per commit: `HEAD` or a branch is resolved first, so a later run
+    does not reuse a worktree of what the name meant then) and the environment that runs `python -m surgery`."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", f"{rev}^{{commit}}"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    tree = workdir / f"baseline-{commit}"
     if not tree.exists():
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev], check=True,
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit], check=True,
                        stdout=subprocess.DEVNULL)
     return {"PYTHONPATH": str(tree)}
 
