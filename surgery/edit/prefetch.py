@@ -16,6 +16,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from surgery.formats.paths import SPLIT_NAME, is_gguf
+
 READ_NBYTES = 2**20
 
 
@@ -59,8 +61,6 @@ def _read(paths: list[Path], stop: threading.Event) -> None:
 
 def tensor_files(src: Path) -> list[Path]:
     """The files a cut of `src` copies from: a folder's safetensors shards, or a GGUF file (and its split parts)."""
-    from surgery.formats.paths import SPLIT_NAME, is_gguf
-
     src = Path(src)
     if not is_gguf(src):
         return sorted(src.glob("*.safetensors")) if src.is_dir() else []
