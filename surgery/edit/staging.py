@@ -57,9 +57,9 @@ def check_folder_output(src: Path, out: Path, force: bool) -> None:
         raise InputError(f"{out}: already exists", hint="pass --force to replace it")
 
 
-def write_folder(plan, check: Callable[[Path], object], out: Path, link_unchanged: bool, progress: Progress) -> None:
-    """Write into a sibling partial folder, check it (`check(tmp)` raises on a failure), then move it to OUT;
-    on any failure the partial folder is removed and the error raised."""
+def write_folder(plan, out: Path, link_unchanged: bool, progress: Progress) -> None:
+    """Write into a sibling partial folder, check it (the plan's check_written raises on a failure), then move it
+    to OUT; on any failure the partial folder is removed and the error raised."""
     from surgery.edit.execute import apply_plan
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def write_folder(plan, check: Callable[[Path], object], out: Path, link_unchange
     tmp = partial_path(out)
     try:
         apply_plan(plan, tmp, link_unchanged=link_unchanged, progress=progress)
-        check(tmp)
+        plan.check_written(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -139,13 +139,12 @@ def check_output_path(src: Path, out: Path, force: bool) -> None:
         check_folder_output(src, out, force)
 
 
-def write_plan(plan, out: Path, progress, *, link_unchanged: bool = False,
-               check: Callable[[Path], object] | None = None) -> list[Path]:
+def write_plan(plan, out: Path, progress, *, link_unchanged: bool = False) -> list[Path]:
     """Stage, write, check and commit one plan of either container; the written paths. A folder plan is checked
-    by `check(tmp)` when given, else by its own check_written; a GGUF plan by its own check_output."""
+    by its check_files (during the copy) and check_written; a GGUF plan by its check_output."""
     from surgery.edit.gguf_edit import GgufEdit
 
     if isinstance(plan, GgufEdit):
         return write_gguf_verified(plan, out, progress)
-    write_folder(plan, check or plan.check_written, out, link_unchanged, progress)
+    write_folder(plan, out, link_unchanged, progress)
     return [out]
