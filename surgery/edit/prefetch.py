@@ -16,7 +16,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from surgery.formats.paths import SPLIT_NAME, is_gguf
+from surgery.errors import CheckpointError
+from surgery.formats.gguf import split_paths
+from surgery.formats.paths import is_gguf
 
 READ_NBYTES = 2**20
 
@@ -60,12 +62,12 @@ def _read(paths: list[Path], stop: threading.Event) -> None:
 
 
 def tensor_files(src: Path) -> list[Path]:
-    """The files a cut of `src` copies from: a folder's safetensors shards, or a GGUF file (and its split parts)."""
+    """The files a cut of `src` copies from: a folder's safetensors shards, or a GGUF file's parts (split_paths;
+    a name it refuses is left for the plan to refuse, and only the file itself is read)."""
     src = Path(src)
     if not is_gguf(src):
         return sorted(src.glob("*.safetensors")) if src.is_dir() else []
-    match = SPLIT_NAME.match(src.name)
-    if not match:
+    try:
+        return split_paths(src)
+    except CheckpointError:
         return [src]
-    count = int(match["count"])
-    return [src.with_name(f"{match['stem']}-{no:05d}-of-{count:05d}.gguf") for no in range(1, count + 1)]

@@ -73,6 +73,7 @@ def test_tensor_files_of_each_container(tmp_path):
     assert tensor_files(tmp_path / "m.gguf") == [tmp_path / "m.gguf"]
     assert [p.name for p in tensor_files(tmp_path / "m-00001-of-00003.gguf")] == [
         "m-00001-of-00003.gguf", "m-00002-of-00003.gguf", "m-00003-of-00003.gguf"]
+    assert tensor_files(tmp_path / "m-00002-of-00003.gguf") == [tmp_path / "m-00002-of-00003.gguf"]  # refused later
 
 
 def test_a_trim_prefetches_its_source_only_when_it_writes(copy_fixture, tmp_path, monkeypatch):
