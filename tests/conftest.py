@@ -133,6 +133,11 @@ class Arch:
     shard_size: str | None = None  # save_pretrained's max_shard_size, where a test wants several shards
 
 
+# the sizes of the tiny transformers models that prune and factor prove their logits on (two layers, GQA)
+TINY_CONFIG = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+
+
 def build_tiny(arch: Arch, root: Path, base: dict, dtype=None):
     """A tiny random model of `arch` saved to `root` (seeded), biases and norms drawn at random so they count;
     phi3-fused takes no head_dim. Returns the model."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Arch, build_tiny, leftovers, run_cli, snapshot
+from conftest import TINY_CONFIG, Arch, build_tiny, leftovers, run_cli, snapshot
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
@@ -24,10 +24,6 @@ from surgery.model.factored_modeling import MODELING_FILE, trusted_code
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-BASE = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
-
 
 ARCHS = [
     Arch("llama-biases", "LlamaConfig", "LlamaForCausalLM", dict(mlp_bias=True, attention_bias=True)),
@@ -41,7 +37,7 @@ IDS = torch.randint(3, 96, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
 def build(arch: Arch, root: Path, dtype=None):
-    return build_tiny(arch, root, BASE, dtype)
+    return build_tiny(arch, root, TINY_CONFIG, dtype)
 
 
 def logits(model, ids=IDS):

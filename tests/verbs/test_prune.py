@@ -9,15 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Arch, build_tiny, run_cli
+from conftest import TINY_CONFIG, Arch, build_tiny, run_cli
 from safetensors.numpy import load_file
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-BASE = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
-
 
 ARCHS = [
     Arch("llama", "LlamaConfig", "LlamaForCausalLM", dict(mlp_bias=True, attention_bias=True)),
@@ -30,7 +26,7 @@ MOE = Arch("qwen3-moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
 
 
 def build(arch: Arch, root: Path):
-    return build_tiny(arch, root, BASE)
+    return build_tiny(arch, root, TINY_CONFIG)
 
 
 def importance(path: Path, n_layers=2, mlp=48, heads=4, hidden=32, experts=4) -> dict:
@@ -167,7 +163,7 @@ QWEN2_MOE = Arch("qwen2-moe", "Qwen2MoeConfig", "Qwen2MoeForCausalLM",
 
 
 def test_expert_and_shared_expert_neurons_equal_masking_them(tmp_path):
-    kwargs = {k: v for k, v in BASE.items() if k != "head_dim"}
+    kwargs = {k: v for k, v in TINY_CONFIG.items() if k != "head_dim"}
     config = transformers.Qwen2MoeConfig(**kwargs, **QWEN2_MOE.kwargs)
     torch.manual_seed(0)
     original = transformers.Qwen2MoeForCausalLM(config).eval()
@@ -195,7 +191,7 @@ def test_expert_and_shared_expert_neurons_equal_masking_them(tmp_path):
 def test_olmo2_head_pruning_slices_its_full_width_q_norm(tmp_path):
     """OLMo-2 normalizes the whole query (heads x head_dim): its q_norm is cut with the heads, k_norm stays.
     (That norm spans every head, so the result is not the masked model: it needs healing like hidden pruning.)"""
-    config = transformers.Olmo2Config(**{k: v for k, v in BASE.items() if k != "head_dim"}, pad_token_id=0,
+    config = transformers.Olmo2Config(**{k: v for k, v in TINY_CONFIG.items() if k != "head_dim"}, pad_token_id=0,
                                       bos_token_id=1, eos_token_id=2)
     transformers.Olmo2ForCausalLM(config).save_pretrained(tmp_path / "src")
     importance(tmp_path / "imp.json")
